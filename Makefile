@@ -1,0 +1,64 @@
+# Autopack: `make run` runs the example plan on the embedded default stack,
+# `make test` sets everything up and runs every test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SERVICE_PACKAGES := common estimator builder applier memory orchestrator cli
+PROTO_FILES := $(shell find protos -name '*.proto')
+INSTALLED := $(VENV)/.installed
+GENERATED := services/common/autopack/.generated
+PLAN ?= examples/plan.yaml
+
+.PHONY: setup protos run test lint format bench postgres up down clean
+
+setup: $(INSTALLED)
+
+$(VENV)/.deps: requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements.lock
+	touch $@
+
+# Stubs are generated, never committed; each generated folder is a package.
+$(GENERATED): $(VENV)/.deps $(PROTO_FILES)
+	rm -rf services/common/autopack
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=services/common \
+		--pyi_out=services/common --grpc_python_out=services/common $(PROTO_FILES)
+	find services/common/autopack -type d -exec touch {}/__init__.py \;
+	touch $@
+
+protos: $(GENERATED)
+
+$(INSTALLED): $(GENERATED) $(foreach s,$(SERVICE_PACKAGES),services/$(s)/pyproject.toml)
+	$(BIN)/pip install -q --no-deps $(foreach s,$(SERVICE_PACKAGES),-e services/$(s))
+	touch $@
+
+postgres:
+	@bash scripts/ensure-postgres.sh
+
+run: setup
+	@bash scripts/run-example.sh $(PLAN)
+
+up: setup
+	$(BIN)/autopack up
+
+down:
+	$(BIN)/autopack down
+
+test: setup postgres
+	bash scripts/run-tests.sh
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) services/common/autopack .autopack

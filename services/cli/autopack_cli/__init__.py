@@ -1,0 +1,1 @@
+"""The ``autopack`` command line."""

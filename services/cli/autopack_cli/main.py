@@ -1,0 +1,17 @@
+"""Entry point of the ``autopack`` command: each module registers its own commands."""
+
+from __future__ import annotations
+
+import typer
+
+from autopack_cli import estimator_commands, run_commands, stack_commands
+
+app = typer.Typer(
+    name="autopack",
+    help="Run software plans autonomously with budgeted LLM phases.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+stack_commands.register(app)
+run_commands.register(app)
+estimator_commands.register(app)

@@ -1,0 +1,1 @@
+"""Shared chassis of the Autopack services: what every service needs and nothing more."""
