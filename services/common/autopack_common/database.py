@@ -46,29 +46,21 @@ def create_db_engine(url: str) -> Engine:
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
         cursor = dbapi_connection.cursor()
-        if not in_memory:
-            cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # Switching to WAL takes an exclusive lock; only the first connection needs to.
+        if not in_memory and cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.close()
 
     return engine
 
 
 @contextmanager
-def _migration_lock(connection: Connection, key: str) -> Iterator[None]:
-    if connection.dialect.name == "postgresql":
-        lock_id = zlib.crc32(key.encode())
-        connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": lock_id})
-        connection.commit()
-        try:
-            yield
-        finally:
-            connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id})
-            connection.commit()
-        return
-    database = connection.engine.url.database
-    if not database or database == ":memory:":
+def _file_lock(engine: Engine) -> Iterator[None]:
+    """Serialise SQLite upgrades across processes, before any connection is opened."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         yield
         return
     with open(f"{database}.migrate.lock", "w") as lock_file:
@@ -79,12 +71,28 @@ def _migration_lock(connection: Connection, key: str) -> Iterator[None]:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
+@contextmanager
+def _advisory_lock(connection: Connection, key: str) -> Iterator[None]:
+    """Serialise PostgreSQL upgrades across replicas sharing the database."""
+    if connection.dialect.name != "postgresql":
+        yield
+        return
+    lock_id = zlib.crc32(key.encode())
+    connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": lock_id})
+    connection.commit()
+    try:
+        yield
+    finally:
+        connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id})
+        connection.commit()
+
+
 def upgrade_schema(engine: Engine, migrations_package: str, version_table: str) -> None:
     """Bring a service's schema to head; ``migrations_package`` holds env.py and versions/."""
     config = Config()
     config.set_main_option("script_location", _package_path(migrations_package))
     config.attributes["version_table"] = version_table
-    with engine.connect() as connection, _migration_lock(connection, version_table):
+    with _file_lock(engine), engine.connect() as connection, _advisory_lock(connection, version_table):
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
         connection.commit()

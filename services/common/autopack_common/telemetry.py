@@ -18,6 +18,7 @@ import grpc
 from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.instrumentation.grpc import client_interceptor, filters, server_interceptor
+from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
@@ -77,7 +78,9 @@ def setup_telemetry(service: str, version: str, trace_dir: Path) -> TracerProvid
         resource = Resource.create({"service.name": f"autopack-{service}", "service.version": version})
         provider = TracerProvider(resource=resource)
         provider.add_span_processor(BaggageAttributesProcessor())
-        provider.add_span_processor(BatchSpanProcessor(_exporter(service, trace_dir), schedule_delay_millis=500))
+        provider.add_span_processor(
+            BatchSpanProcessor(_exporter(service, trace_dir), schedule_delay_millis=500)
+        )
         trace.set_tracer_provider(provider)
         _provider = provider
         return provider
@@ -108,7 +111,7 @@ def server_tracing_interceptor() -> grpc.ServerInterceptor:
 def traced_channel(target: str, options: Sequence[tuple[str, object]] = ()) -> grpc.Channel:
     """An insecure channel whose calls carry tracecontext and baggage and make CLIENT spans."""
     channel = grpc.insecure_channel(target, options=list(options))
-    return grpc.intercept_channel(channel, client_interceptor(filter_=_exclude_health()))
+    return intercept_channel(channel, client_interceptor(filter_=_exclude_health()))
 
 
 def phase_baggage(run_id: str, phase_id: str | None = None) -> context.Context:

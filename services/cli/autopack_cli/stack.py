@@ -1,0 +1,166 @@
+"""Start and stop the five services as local processes (the embedded default stack).
+
+Each service runs as ``python -m autopack_<svc>`` with its log in
+``<state>/logs/<svc>.log`` and its pid in ``<state>/run/<svc>.pid``; ``up`` waits
+until every one reports SERVING on the standard health service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from autopack_common.settings import address_env_var, service_address
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+# Start order: dependencies of the orchestrator first.
+STACK_ORDER = ("estimator", "builder", "applier", "memory", "orchestrator")
+
+HEALTH_NAMES = {
+    "estimator": "autopack.estimator.v1.EstimatorService",
+    "builder": "autopack.builder.v1.BuilderService",
+    "applier": "autopack.applier.v1.ApplierService",
+    "memory": "autopack.memory.v1.MemoryService",
+    "orchestrator": "autopack.orchestrator.v1.OrchestratorService",
+}
+
+
+@dataclass(frozen=True)
+class StackPaths:
+    """Where the local stack keeps its state; all absolute so every process agrees."""
+
+    root: Path
+
+    @classmethod
+    def from_env(cls) -> StackPaths:
+        return cls(Path(os.environ.get("AUTOPACK_STATE_DIR", ".autopack")).resolve())
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(os.environ.get("AUTOPACK_DATA_DIR") or self.root / "data").resolve()
+
+    @property
+    def trace_dir(self) -> Path:
+        return Path(os.environ.get("AUTOPACK_TRACE_DIR") or self.root / "traces").resolve()
+
+    def pid_file(self, service: str) -> Path:
+        return self.root / "run" / f"{service}.pid"
+
+    def log_file(self, service: str) -> Path:
+        return self.root / "logs" / f"{service}.log"
+
+
+def service_environment(service: str, paths: StackPaths) -> dict[str, str]:
+    """The environment of one service process.
+
+    ``AUTOPACK_<SVC>_DATABASE_URL`` gives a service its own database; otherwise
+    ``DATABASE_URL`` applies to all (each keeps its own tables and version table),
+    and without either every service uses its own SQLite file in the data dir.
+    """
+    env = dict(os.environ)
+    env["AUTOPACK_DATA_DIR"] = str(paths.data_dir)
+    env["AUTOPACK_TRACE_DIR"] = str(paths.trace_dir)
+    own_database = os.environ.get(f"AUTOPACK_{service.upper()}_DATABASE_URL")
+    if own_database:
+        env["DATABASE_URL"] = own_database
+    for name in STACK_ORDER:
+        env[address_env_var(name)] = service_address(name)
+    return env
+
+
+def is_serving(service: str, timeout: float = 1.0) -> bool:
+    """True when the service answers SERVING on its health service."""
+    with grpc.insecure_channel(service_address(service)) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=HEALTH_NAMES[service]), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_pid(paths: StackPaths, service: str) -> int | None:
+    try:
+        pid = int(paths.pid_file(service).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+def start_service(service: str, paths: StackPaths) -> int:
+    """Launch one service in its own session (so a Ctrl-C in the shell does not kill it)."""
+    paths.log_file(service).parent.mkdir(parents=True, exist_ok=True)
+    paths.pid_file(service).parent.mkdir(parents=True, exist_ok=True)
+    with paths.log_file(service).open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"autopack_{service}"],
+            env=service_environment(service, paths),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    paths.pid_file(service).write_text(str(process.pid))
+    return process.pid
+
+
+class StackError(RuntimeError):
+    """The stack could not be brought up; the message names the service and its log."""
+
+
+def wait_until_serving(
+    service: str, paths: StackPaths, timeout: float, on_wait: Callable[[], None] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if is_serving(service):
+            return
+        if read_pid(paths, service) is None:
+            raise StackError(f"{service} exited during start-up; see {paths.log_file(service)}")
+        if on_wait:
+            on_wait()
+        time.sleep(0.25)
+    raise StackError(f"{service} not SERVING after {timeout:.0f}s; see {paths.log_file(service)}")
+
+
+def stop_service(service: str, paths: StackPaths, timeout: float = 20.0) -> bool:
+    """SIGTERM (graceful: in-flight RPCs finish, spans flush), SIGKILL after ``timeout``."""
+    pid = read_pid(paths, service)
+    paths_pid = paths.pid_file(service)
+    if pid is None:
+        paths_pid.unlink(missing_ok=True)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _pid_alive(pid):
+        _reap(pid)
+        time.sleep(0.1)
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    paths_pid.unlink(missing_ok=True)
+    return True
+
+
+def _reap(pid: int) -> None:
+    """Collect our own exited child so it does not linger as a zombie that looks alive."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
