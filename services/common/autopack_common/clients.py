@@ -15,6 +15,8 @@ from autopack_common.telemetry import traced_channel
 
 _RETRY_SERVICE_CONFIG = json.dumps(
     {
+        # With a headless Service, DNS returns every replica; spread calls over all of them.
+        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
                 "name": [{}],
@@ -26,7 +28,7 @@ _RETRY_SERVICE_CONFIG = json.dumps(
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
             }
-        ]
+        ],
     }
 )
 

@@ -121,7 +121,12 @@ def create_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         interceptors=[server_tracing_interceptor(), DomainErrorInterceptor()],
-        options=[("grpc.so_reuseport", 0)],
+        # Recycle connections every few minutes so clients rebalance onto replicas added later.
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_connection_age_ms", 300_000),
+            ("grpc.max_connection_age_grace_ms", 30_000),
+        ],
     )
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True,
