@@ -1,0 +1,1 @@
+"""Autopack Builder: phase + context + budget -> file operations, every LLM token accounted."""

@@ -1,0 +1,136 @@
+"""Prompts for the full-file output format.
+
+The wording carries two lessons from the monolith (seed 000): a cautious model read a
+scope path like ``examples/utils/`` as "only that exact path" and answered with an
+empty ``files`` array, so directory prefixes are spelled out as ALLOWED and the
+deliverables are listed with a hard rule that the array must cover them and must
+not be empty. The retry after an empty answer says so even more bluntly.
+"""
+
+from __future__ import annotations
+
+import re
+
+from autopack_builder.models import BuildTask
+
+DIRECTORY_PREFIX_NOTE = "(directory prefix - creating or modifying files under this path is ALLOWED)"
+EXACT_FILE_NOTE = "(exact file)"
+DELIVERABLES_HEADING = "## REQUIRED DELIVERABLES"
+EMPTY_FILES_RULE = 'An empty "files" array is NOT allowed for this phase.'
+
+SYSTEM_PROMPT = """\
+You are the Builder of Autopack, an autonomous software engineering system. You implement one \
+phase of a plan by writing complete files.
+
+OUTPUT CONTRACT
+Reply with exactly one JSON object and nothing else: no prose before or after it, no markdown \
+code fences. Its shape:
+{"summary": "<one or two sentences on what you changed>", "files": [{"path": "<path>", \
+"mode": "create", "new_content": "<complete file content>"}]}
+
+Rules for every entry of "files":
+- "path" is relative to the repository root, uses forward slashes, never starts with "/" and \
+never contains "..".
+- "mode" is "create" (new file), "modify" (replace an existing file) or "delete" (remove a file).
+- "new_content" is the COMPLETE content of the file after the change, never a diff or an \
+excerpt. Use "" for "delete".
+- Write only paths the scope allows. A scope path ending in "/" is a directory prefix: creating \
+or modifying any file under it is ALLOWED. Any other scope path is one exact file.
+- Read-only context paths may be read but never written unless they are also in the scope.
+- Every path under REQUIRED DELIVERABLES must appear in "files". When deliverables are listed, \
+an empty "files" array is a failed answer.
+"""
+
+
+def build_system_prompt() -> str:
+    """The output contract; identical for every call so providers can cache it."""
+    return SYSTEM_PROMPT
+
+
+def annotate_scope_path(path: str) -> str:
+    """One scope line: directory prefixes are explicitly allowed, other paths are exact files."""
+    note = DIRECTORY_PREFIX_NOTE if path.endswith("/") else EXACT_FILE_NOTE
+    return f"- {path} {note}"
+
+
+def _annotate_read_only_path(path: str) -> str:
+    note = "(directory prefix - read only)" if path.endswith("/") else "(exact file - read only)"
+    return f"- {path} {note}"
+
+
+def _fence_for(content: str) -> str:
+    """A backtick fence longer than any run inside the content, so a file cannot close it early."""
+    longest = max((len(run) for run in re.findall(r"`+", content)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def _deliverables_section(task: BuildTask, emphasize: bool) -> list[str]:
+    lines = [DELIVERABLES_HEADING]
+    lines += [f"- {path}" for path in task.deliverables]
+    lines += [
+        "",
+        'Your "files" array MUST cover every deliverable above: create it if it does not exist, '
+        "modify it if it does.",
+        f"{EMPTY_FILES_RULE} It MUST contain at least one file.",
+    ]
+    if emphasize:
+        lines += [
+            "",
+            'CRITICAL: your previous answer to this request had an EMPTY "files" array and was rejected.',
+            "Creating the deliverables is explicitly allowed and required: every deliverable lies in "
+            "the scope (directory prefixes allow new files under them).",
+            f'Answer again with a "files" array containing all {len(task.deliverables)} '
+            "deliverable(s) listed above, each with its complete content.",
+        ]
+    return lines
+
+
+def build_user_prompt(task: BuildTask, *, emphasize_deliverables: bool = False) -> str:
+    """The phase, its scope, context and deliverables; ``emphasize_deliverables`` is the empty-files retry."""
+    lines = [f"# Phase {task.phase_id} (attempt {task.attempt})", "", "## Goal", task.description.strip()]
+    hints = [
+        f"Category: {task.category}" if task.category else "",
+        f"Complexity: {task.complexity}" if task.complexity else "",
+    ]
+    if any(hints):
+        lines += ["", "; ".join(hint for hint in hints if hint)]
+    if task.intention_context.strip():
+        lines += [
+            "",
+            "## Project intention (keep the change aligned with it)",
+            task.intention_context.strip(),
+        ]
+
+    lines += ["", "## Scope: paths you may write"]
+    if task.scope_paths:
+        lines += [annotate_scope_path(path) for path in task.scope_paths]
+    else:
+        lines.append("- (no scope paths given: write only the required deliverables)")
+    if task.read_only_paths:
+        lines += ["", "## Read-only context paths (read, never write)"]
+        lines += [_annotate_read_only_path(path) for path in task.read_only_paths]
+
+    if task.memory_notes:
+        lines += ["", "## Notes from earlier phases (most relevant first)"]
+        lines += [f"- {note.strip()}" for note in task.memory_notes if note.strip()]
+
+    if task.context_files:
+        lines += ["", "## Context files"]
+        for context_file in task.context_files:
+            label = " (summary, not the full file)" if context_file.summarized else ""
+            fence = _fence_for(context_file.content)
+            lines += ["", f"### {context_file.path}{label}", fence, context_file.content.rstrip("\n"), fence]
+
+    if task.previous_failure.strip():
+        lines += [
+            "",
+            "## Previous attempt failed",
+            task.previous_failure.strip(),
+            "Fix the cause and give the complete files again.",
+        ]
+
+    if task.deliverables:
+        lines += ["", *_deliverables_section(task, emphasize_deliverables)]
+
+    lines += ["", "## Answer", "Reply with the JSON object only, as the output contract describes."]
+    return "\n".join(lines) + "\n"
