@@ -1,0 +1,1 @@
+"""Alembic migrations of the applier's tables (version table ``alembic_version_applier``)."""

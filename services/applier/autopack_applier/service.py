@@ -1,0 +1,165 @@
+"""gRPC servicer of the applier: maps messages to the workspace and check domain. Thin.
+
+Domain errors become status codes in the chassis interceptor. The server span gets a few
+attributes (counts, ids, exit codes), never file contents or command output.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from autopack.applier.v1 import applier_pb2, applier_pb2_grpc
+from autopack.common.v1 import common_pb2
+from autopack_common.errors import DomainError
+from autopack_common.server import ServiceBinding
+from opentelemetry import trace
+
+from autopack_applier.checks import CheckRunner, check_environment_names
+from autopack_applier.paths import normalize_protected
+from autopack_applier.settings import ApplierSettings
+from autopack_applier.store import ApplierStore
+from autopack_applier.workspace import FileOperation, Mode, WorkspaceManager
+
+SERVICE_NAME = applier_pb2.DESCRIPTOR.services_by_name["ApplierService"].full_name
+
+_MODES = {
+    common_pb2.FILE_MODE_CREATE: Mode.CREATE,
+    common_pb2.FILE_MODE_MODIFY: Mode.MODIFY,
+    common_pb2.FILE_MODE_DELETE: Mode.DELETE,
+}
+
+
+def _deadline(context: grpc.ServicerContext) -> float | None:
+    """The caller's deadline on the monotonic clock, so waiting for a lock never outlives it."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class ApplierServicer(applier_pb2_grpc.ApplierServiceServicer):
+    """ApplierService over a WorkspaceManager and a CheckRunner."""
+
+    def __init__(self, workspaces: WorkspaceManager, checks: CheckRunner) -> None:
+        self.workspaces = workspaces
+        self.checks = checks
+
+    def PrepareWorkspace(
+        self, request: applier_pb2.PrepareWorkspaceRequest, context: grpc.ServicerContext
+    ) -> applier_pb2.PrepareWorkspaceResponse:
+        prepared = self.workspaces.prepare(
+            request.run_id, request.source_repo, request.ref, _deadline(context)
+        )
+        span = trace.get_current_span()
+        span.set_attribute("autopack.applier.base_commit", prepared.base_commit)
+        span.set_attribute("autopack.applier.created", prepared.created)
+        return applier_pb2.PrepareWorkspaceResponse(
+            workspace_path=str(prepared.path), base_commit=prepared.base_commit, created=prepared.created
+        )
+
+    def ReadFiles(
+        self, request: applier_pb2.ReadFilesRequest, context: grpc.ServicerContext
+    ) -> applier_pb2.ReadFilesResponse:
+        result = self.workspaces.read_files(request.run_id, list(request.paths), request.max_bytes_per_file)
+        trace.get_current_span().set_attribute("autopack.applier.files_read", len(result.files))
+        return applier_pb2.ReadFilesResponse(
+            files=[
+                applier_pb2.WorkspaceFile(
+                    path=item.path,
+                    content=item.content,
+                    line_count=item.line_count,
+                    size_bytes=item.size_bytes,
+                    truncated=item.truncated,
+                )
+                for item in result.files
+            ],
+            missing=list(result.missing),
+        )
+
+    def Apply(
+        self, request: applier_pb2.ApplyRequest, context: grpc.ServicerContext
+    ) -> applier_pb2.ApplyResponse:
+        operations = [
+            FileOperation(
+                path=operation.path, mode=_MODES.get(operation.mode), new_content=operation.new_content
+            )
+            for operation in request.operations
+        ]
+        span = trace.get_current_span()
+        span.set_attribute("autopack.applier.operations", len(operations))
+        try:
+            result = self.workspaces.apply(
+                request.run_id,
+                request.phase_id,
+                list(request.scope.paths),
+                list(request.scope.read_only_context),
+                operations,
+                request.attempt,
+                _deadline(context),
+            )
+        except DomainError:
+            span.set_attribute("autopack.applier.rejected", True)
+            raise
+        span.set_attribute("autopack.applier.changed_files", len(result.changed_paths))
+        span.set_attribute("autopack.applier.savepoint", result.savepoint)
+        span.set_attribute("autopack.applier.previous_savepoint", result.previous_savepoint)
+        span.set_attribute("autopack.applier.lines_added", result.lines_added)
+        span.set_attribute("autopack.applier.lines_removed", result.lines_removed)
+        return applier_pb2.ApplyResponse(
+            savepoint=result.savepoint,
+            previous_savepoint=result.previous_savepoint,
+            changed_paths=list(result.changed_paths),
+            lines_added=result.lines_added,
+            lines_removed=result.lines_removed,
+        )
+
+    def RunChecks(
+        self, request: applier_pb2.RunChecksRequest, context: grpc.ServicerContext
+    ) -> applier_pb2.RunChecksResponse:
+        check = self.checks.prepare(list(request.command), request.timeout_seconds)
+        span = trace.get_current_span()
+        span.set_attribute("autopack.checks.executable", check.executable)
+        with self.workspaces.exclusive(request.run_id, _deadline(context)) as workspace:
+            result = self.checks.run(check, workspace)
+        span.set_attribute("autopack.checks.exit_code", result.exit_code)
+        span.set_attribute("autopack.checks.passed", result.passed)
+        span.set_attribute("autopack.checks.timed_out", result.timed_out)
+        span.set_attribute("autopack.checks.duration_ms", result.duration_ms)
+        return applier_pb2.RunChecksResponse(
+            exit_code=result.exit_code,
+            passed=result.passed,
+            duration_ms=result.duration_ms,
+            output_tail=result.output_tail,
+            timed_out=result.timed_out,
+        )
+
+    def Rollback(
+        self, request: applier_pb2.RollbackRequest, context: grpc.ServicerContext
+    ) -> applier_pb2.RollbackResponse:
+        result = self.workspaces.rollback(request.run_id, request.savepoint, _deadline(context))
+        span = trace.get_current_span()
+        span.set_attribute("autopack.applier.savepoint", result.head)
+        span.set_attribute("autopack.applier.previous_savepoint", result.previous_head)
+        return applier_pb2.RollbackResponse(head=result.head, previous_head=result.previous_head)
+
+
+def build_servicer(settings: ApplierSettings, store: ApplierStore) -> ApplierServicer:
+    """The servicer a process serves, configured from settings."""
+    workspaces = WorkspaceManager(
+        settings.resolved_workspace_root(),
+        store,
+        protected=normalize_protected(settings.protected_paths),
+        source_roots=settings.source_roots,
+        lock_timeout_seconds=settings.lock_timeout_seconds,
+        max_read_files=settings.max_read_files,
+    )
+    checks = CheckRunner(
+        settings.allowed_commands,
+        default_timeout_seconds=settings.check_timeout_seconds,
+        max_timeout_seconds=settings.max_check_timeout_seconds,
+        env_passthrough=check_environment_names(settings.check_env),
+    )
+    return ApplierServicer(workspaces, checks)
+
+
+def binding(servicer: ApplierServicer) -> ServiceBinding:
+    return ServiceBinding(SERVICE_NAME, applier_pb2_grpc.add_ApplierServiceServicer_to_server, servicer)

@@ -1,0 +1,59 @@
+"""Applier settings from the environment (on top of the chassis' ServiceSettings).
+
+Lists are comma-separated (``AUTOPACK_APPLIER_ALLOWED_COMMANDS=python,pytest,ruff``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from autopack_common.settings import ServiceSettings
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from autopack_applier.checks import DEFAULT_ALLOWED_COMMANDS
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class ApplierSettings(ServiceSettings):
+    """Where workspaces live, what is protected, which checks may run."""
+
+    workspace_root: Path | None = Field(default=None, alias="AUTOPACK_APPLIER_WORKSPACE_ROOT")
+    # Extra paths no Apply may write, on top of .git/ and .autopack/: files, "dir/" prefixes
+    # or globs ("*.pem").
+    protected_paths: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, alias="AUTOPACK_APPLIER_PROTECTED_PATHS"
+    )
+    allowed_commands: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_ALLOWED_COMMANDS), alias="AUTOPACK_APPLIER_ALLOWED_COMMANDS"
+    )
+    # Directories PrepareWorkspace may copy from; empty allows any local path.
+    source_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, alias="AUTOPACK_APPLIER_SOURCE_ROOTS"
+    )
+    # Extra environment variable names checks inherit (credential-like names are refused).
+    check_env: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, alias="AUTOPACK_APPLIER_CHECK_ENV"
+    )
+    check_timeout_seconds: int = Field(default=300, gt=0, alias="AUTOPACK_APPLIER_CHECK_TIMEOUT_SECONDS")
+    max_check_timeout_seconds: int = Field(
+        default=3600, gt=0, alias="AUTOPACK_APPLIER_MAX_CHECK_TIMEOUT_SECONDS"
+    )
+    # How long an RPC waits for another one on the same run (its deadline may cut it shorter).
+    lock_timeout_seconds: float = Field(default=60.0, gt=0, alias="AUTOPACK_APPLIER_LOCK_TIMEOUT_SECONDS")
+    max_read_files: int = Field(default=5000, gt=0, alias="AUTOPACK_APPLIER_MAX_READ_FILES")
+
+    _split = field_validator(
+        "protected_paths", "allowed_commands", "source_roots", "check_env", mode="before"
+    )(_split_list)
+
+    def resolved_workspace_root(self) -> Path:
+        """Absolute, symlink-free workspace root (``<data_dir>/workspaces`` by default)."""
+        root = self.workspace_root or self.data_dir / "workspaces"
+        return root.expanduser().resolve()
