@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import grpc
@@ -27,8 +28,7 @@ def test_baggage_and_trace_context_cross_a_grpc_call(tmp_path: Path) -> None:
     provider.add_span_processor(BaggageAttributesProcessor())
     provider.add_span_processor(SimpleSpanProcessor(memory))
     provider.add_span_processor(SimpleSpanProcessor(JsonlSpanExporter(jsonl)))
-    trace.set_tracer_provider(provider)  # first and only global set in the test process
-    tracer = trace.get_tracer("test")
+    tracer = provider.get_tracer("test")
 
     def handler(request: bytes, grpc_context: grpc.ServicerContext) -> bytes:
         with tracer.start_as_current_span("inner work"):
@@ -42,10 +42,11 @@ def test_baggage_and_trace_context_cross_a_grpc_call(tmp_path: Path) -> None:
             ServiceBinding(
                 "test.Echo", lambda servicer, server: server.add_generic_rpc_handlers((servicer,)), generic
             )
-        ]
+        ],
+        tracer_provider=provider,
     )
     try:
-        channel = traced_channel(running.address)
+        channel = traced_channel(running.address, tracer_provider=provider)
         token = context.attach(phase_baggage("run-1", "phase-1"))
         try:
             with tracer.start_as_current_span("phase phase-1"):
@@ -53,11 +54,15 @@ def test_baggage_and_trace_context_cross_a_grpc_call(tmp_path: Path) -> None:
         finally:
             context.detach(token)
     finally:
-        running.stop(0)
+        running.stop(2)
+    # The SERVER span ends after the reply is on the wire: wait for it rather than race it.
+    deadline = time.monotonic() + 5
+    while len(memory.get_finished_spans()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
     spans = memory.get_finished_spans()
     names = {span.name for span in spans}
     assert names == {"phase phase-1", "inner work", "/test.Echo/Call"}
-    assert len(spans) == 4  # the call is one CLIENT and one SERVER span
+    assert len(spans) == 4, [(span.name, span.kind) for span in spans]  # CLIENT + SERVER for the call
     assert len({span.context.trace_id for span in spans}) == 1
     for span in spans:
         assert span.attributes["autopack.run_id"] == "run-1"

@@ -10,6 +10,7 @@ import json
 
 import grpc
 
+from autopack_common.server import MAX_MESSAGE_BYTES
 from autopack_common.settings import service_address
 from autopack_common.telemetry import traced_channel
 
@@ -35,8 +36,8 @@ _RETRY_SERVICE_CONFIG = json.dumps(
 CHANNEL_OPTIONS: tuple[tuple[str, object], ...] = (
     ("grpc.service_config", _RETRY_SERVICE_CONFIG),
     ("grpc.enable_retries", 1),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 )
 
 

@@ -18,9 +18,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.trace import TracerProvider
 
 from autopack_common.errors import DomainError
 from autopack_common.telemetry import server_tracing_interceptor
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +116,7 @@ def create_server(
     bindings: Sequence[ServiceBinding],
     address: str = "127.0.0.1:0",
     max_workers: int = 16,
+    tracer_provider: TracerProvider | None = None,
 ) -> RunningServer:
     """Build, bind and start a server with health, reflection, tracing and error mapping.
 
@@ -120,8 +124,7 @@ def create_server(
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        interceptors=[server_tracing_interceptor(), DomainErrorInterceptor()],
-        # Recycle connections every few minutes so clients rebalance onto replicas added later.
+        interceptors=[server_tracing_interceptor(tracer_provider), DomainErrorInterceptor()],
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_connection_age_ms", 300_000),

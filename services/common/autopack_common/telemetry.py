@@ -103,15 +103,21 @@ def shutdown_telemetry() -> None:
             _provider = None
 
 
-def server_tracing_interceptor() -> grpc.ServerInterceptor:
-    """SERVER spans for every RPC except health checks."""
-    return server_interceptor(filter_=_exclude_health())
+def server_tracing_interceptor(tracer_provider: trace.TracerProvider | None = None) -> grpc.ServerInterceptor:
+    """SERVER spans for every RPC except health checks (global provider unless one is given)."""
+    return server_interceptor(tracer_provider=tracer_provider, filter_=_exclude_health())
 
 
-def traced_channel(target: str, options: Sequence[tuple[str, object]] = ()) -> grpc.Channel:
+def traced_channel(
+    target: str,
+    options: Sequence[tuple[str, object]] = (),
+    tracer_provider: trace.TracerProvider | None = None,
+) -> grpc.Channel:
     """An insecure channel whose calls carry tracecontext and baggage and make CLIENT spans."""
     channel = grpc.insecure_channel(target, options=list(options))
-    return intercept_channel(channel, client_interceptor(filter_=_exclude_health()))
+    return intercept_channel(
+        channel, client_interceptor(tracer_provider=tracer_provider, filter_=_exclude_health())
+    )
 
 
 def phase_baggage(run_id: str, phase_id: str | None = None) -> context.Context:
