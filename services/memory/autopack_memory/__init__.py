@@ -1,0 +1,1 @@
+"""Autopack memory service: vector collections, an embedding cache and context selection."""

@@ -1,0 +1,1 @@
+"""Alembic migrations of the memory service (version table ``alembic_version_memory``)."""

@@ -1,0 +1,41 @@
+"""Memory service settings, read from the environment on top of the shared ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from autopack_common.settings import ServiceSettings
+from pydantic import Field, SecretStr, field_validator
+
+EmbeddingsKind = Literal["local", "none", "openai"]
+
+
+class MemorySettings(ServiceSettings):
+    """What the memory service reads besides the chassis settings.
+
+    ``AUTOPACK_MEMORY_MAX_EMBEDDINGS_PER_CALL`` bounds the *new* embeddings (cache misses) one
+    SelectContext call may compute before it ranks lexically instead: ``-1`` = unlimited,
+    ``0`` = never embed (always lexical), ``N > 0`` = at most N. Cached vectors are free. The
+    default 64 keeps a cold call to a few seconds of CPU (MiniLM: ~50-100 ms a chunk on two
+    cores). ``QDRANT_URL`` wins over the local path when both are set.
+    """
+
+    embeddings: EmbeddingsKind = Field(default="local", alias="AUTOPACK_MEMORY_EMBEDDINGS")
+    model_path: Path | None = Field(default=None, alias="AUTOPACK_MEMORY_MODEL_PATH")
+    openai_model: str = Field(default="text-embedding-3-small", alias="AUTOPACK_MEMORY_OPENAI_MODEL")
+    qdrant_path: Path | None = Field(default=None, alias="AUTOPACK_MEMORY_QDRANT_PATH")
+    qdrant_url: str | None = Field(default=None, alias="QDRANT_URL")
+    qdrant_api_key: SecretStr | None = Field(default=None, alias="QDRANT_API_KEY")
+    max_embeddings_per_call: int = Field(default=64, ge=-1, alias="AUTOPACK_MEMORY_MAX_EMBEDDINGS_PER_CALL")
+    chunk_chars: int = Field(default=800, ge=100, alias="AUTOPACK_MEMORY_CHUNK_CHARS")
+    max_chunks_per_file: int = Field(default=4, ge=1, alias="AUTOPACK_MEMORY_MAX_CHUNKS_PER_FILE")
+
+    @field_validator("embeddings", mode="before")
+    @classmethod
+    def _lowercase(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    def resolved_qdrant_path(self) -> Path:
+        """Where local-mode Qdrant keeps its files: the override or ``<data_dir>/qdrant``."""
+        return self.qdrant_path or self.data_dir / "qdrant"
