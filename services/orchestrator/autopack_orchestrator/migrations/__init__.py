@@ -1,0 +1,1 @@
+"""Alembic migrations of the orchestrator's tables (version table alembic_version_orchestrator)."""

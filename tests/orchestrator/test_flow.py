@@ -1,0 +1,583 @@
+"""Whole runs against real in-process estimator, builder (replay), applier and memory servers.
+
+The builder answers from recordings written here, so token numbers are exact; the
+orchestrator's spans go to an in-memory exporter so the phase span can be inspected.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from autopack.builder.v1 import builder_pb2_grpc
+from autopack.common.v1 import common_pb2
+from autopack.estimator.v1 import estimator_pb2, estimator_pb2_grpc
+from autopack.memory.v1 import memory_pb2, memory_pb2_grpc
+from autopack.orchestrator.v1 import orchestrator_pb2 as pb
+from autopack.orchestrator.v1 import orchestrator_pb2_grpc
+from autopack_applier.service import binding as applier_binding
+from autopack_applier.service import build_servicer as applier_servicer
+from autopack_applier.settings import ApplierSettings
+from autopack_applier.store import ApplierStore
+from autopack_builder.builder import Builder
+from autopack_builder.providers import ReplayProvider
+from autopack_builder.service import SERVICE_FULL_NAME as BUILDER_SERVICE
+from autopack_builder.service import BuilderServicer
+from autopack_builder.store import LlmCallStore
+from autopack_common.database import create_db_engine, upgrade_schema
+from autopack_common.server import RunningServer, ServiceBinding, create_server
+from autopack_common.telemetry import BaggageAttributesProcessor
+from autopack_estimator.service import open_servicer, service_binding
+from autopack_memory.__main__ import build_memory
+from autopack_memory.service import MemoryServicer, memory_binding
+from autopack_memory.settings import MemorySettings
+from autopack_orchestrator.clients import ServiceClients
+from autopack_orchestrator.events import State
+from autopack_orchestrator.executor import smape
+from autopack_orchestrator.plan import PhaseSpec, Plan, TierSpec
+from autopack_orchestrator.service import Orchestrator, create_orchestrator
+from autopack_orchestrator.settings import OrchestratorSettings
+from autopack_orchestrator.store import AttemptRecord, RunStore, utcnow
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+RESPONSE_MODEL = "claude-sonnet-4-5-20250929"
+MODULE_ONE = "def one() -> int:\n    return 1\n"
+MODULE_TWO = "from src.mod1 import one\n\n\ndef two() -> int:\n    return one() + 1\n"
+
+
+def message(files: list[dict[str, str]], input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    """A Messages API response whose text is the builder's JSON files contract."""
+    text = json.dumps({"summary": "Did the phase.", "files": files})
+    return {
+        "id": "msg_test",
+        "type": "message",
+        "role": "assistant",
+        "model": RESPONSE_MODEL,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+    }
+
+
+def create(path: str, content: str) -> dict[str, str]:
+    return {"path": path, "mode": "create", "new_content": content}
+
+
+RECORDINGS_HAPPY: list[dict[str, Any]] = [
+    {
+        "run_id": "happy",
+        "phase_id": "p1",
+        "attempt": 1,
+        "response": message([create("src/mod1.py", MODULE_ONE)], 1234, 321),
+    },
+    {
+        "run_id": "happy",
+        "phase_id": "p2",
+        "attempt": 1,
+        "response": message([create("src/mod2.py", MODULE_TWO)], 2000, 410),
+    },
+]
+
+RECORDINGS: list[dict[str, Any]] = [
+    # happy: two phases, one attempt each
+    *RECORDINGS_HAPPY,
+    # retry: attempt 1 writes outside the scope, attempt 2 is fine
+    {
+        "run_id": "retry",
+        "phase_id": "p1",
+        "attempt": 1,
+        "response": message(
+            [create("src/mod1.py", MODULE_ONE), create("other/evil.py", "x = 1\n")], 900, 150
+        ),
+    },
+    {
+        "run_id": "retry",
+        "phase_id": "p1",
+        "attempt": 2,
+        "response": message([create("src/mod1.py", MODULE_ONE)], 950, 120),
+    },
+    # failing: every attempt applies, then the check fails
+    {
+        "run_id": "failing",
+        "phase_id": "p1",
+        "attempt": 1,
+        "response": message([create("src/mod1.py", "broken = True\n")], 800, 100),
+    },
+    # the happy run again, for the PostgreSQL variant
+    *[{**line, "run_id": "happy-pg"} for line in RECORDINGS_HAPPY],
+    # resumed after a crash: phase 2 only
+    {
+        "run_id": "resumed",
+        "phase_id": "p2",
+        "attempt": 1,
+        "response": message([create("src/mod2.py", MODULE_TWO)], 1500, 200),
+    },
+]
+
+
+@dataclass
+class Stack:
+    """The four dependencies on real gRPC servers, plus the orchestrator's tracer."""
+
+    addresses: dict[str, str]
+    source_repo: Path
+    recordings: Path
+    exporter: InMemorySpanExporter
+    provider: TracerProvider
+    estimator: estimator_pb2_grpc.EstimatorServiceStub
+    memory: memory_pb2_grpc.MemoryServiceStub
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("flow")
+    recordings = root / "recordings"
+    recordings.mkdir()
+    (recordings / "flow.jsonl").write_text("".join(json.dumps(line) + "\n" for line in RECORDINGS))
+    source = root / "source"
+    (source / "src").mkdir(parents=True)
+    (source / "src" / "__init__.py").write_text("")
+    (source / "README.md").write_text("# Sample\n\nA tiny package.\n")
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(BaggageAttributesProcessor())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    servers: list[RunningServer] = []
+    cleanups: list[Any] = []
+
+    def serve(binding: ServiceBinding) -> str:
+        running = create_server([binding], "127.0.0.1:0")
+        servers.append(running)
+        return running.address
+
+    estimator, estimator_engine = open_servicer(f"sqlite:///{root / 'estimator.db'}")
+    cleanups.append(estimator_engine.dispose)
+
+    builder_engine = create_db_engine(f"sqlite:///{root / 'builder.db'}")
+    upgrade_schema(builder_engine, "autopack_builder.migrations", "alembic_version_builder")
+    replay = ReplayProvider(recordings)
+    builder = Builder(
+        replay, LlmCallStore(builder_engine), "claude-sonnet-4-5", tracer=provider.get_tracer("test")
+    )
+    cleanups += [builder_engine.dispose, replay.close]
+
+    applier_engine = create_db_engine(f"sqlite:///{root / 'applier.db'}")
+    upgrade_schema(applier_engine, "autopack_applier.migrations", "alembic_version_applier")
+    applier_settings = ApplierSettings(data_dir=root / "applier", workspace_root=root / "workspaces")
+    cleanups.append(applier_engine.dispose)
+
+    memory_engine = create_db_engine(f"sqlite:///{root / 'memory.db'}")
+    upgrade_schema(memory_engine, "autopack_memory.migrations", "alembic_version_memory")
+    memory_settings = MemorySettings(data_dir=root / "memory", embeddings="none", qdrant_path=root / "qdrant")
+    memory = build_memory(memory_settings, memory_engine, None)
+    cleanups += [memory_engine.dispose, memory.close]
+
+    addresses = {
+        "estimator": serve(service_binding(estimator)),
+        "builder": serve(
+            ServiceBinding(
+                BUILDER_SERVICE,
+                builder_pb2_grpc.add_BuilderServiceServicer_to_server,
+                BuilderServicer(builder),
+            )
+        ),
+        "applier": serve(applier_binding(applier_servicer(applier_settings, ApplierStore(applier_engine)))),
+        "memory": serve(memory_binding(MemoryServicer(memory))),
+    }
+    estimator_channel = grpc.insecure_channel(addresses["estimator"])
+    memory_channel = grpc.insecure_channel(addresses["memory"])
+    yield Stack(
+        addresses=addresses,
+        source_repo=source,
+        recordings=recordings,
+        exporter=exporter,
+        provider=provider,
+        estimator=estimator_pb2_grpc.EstimatorServiceStub(estimator_channel),
+        memory=memory_pb2_grpc.MemoryServiceStub(memory_channel),
+    )
+    estimator_channel.close()
+    memory_channel.close()
+    for running in servers:
+        running.stop(0)
+    for cleanup in reversed(cleanups):
+        cleanup()
+
+
+@dataclass
+class Running:
+    orchestrator: Orchestrator
+    server: RunningServer
+    stub: orchestrator_pb2_grpc.OrchestratorServiceStub
+
+
+@pytest.fixture
+def start_orchestrator(stack: Stack, sqlite_url: str) -> Iterator[Any]:
+    started: list[Running] = []
+
+    def start(database_url: str = sqlite_url, **address_overrides: str) -> Running:
+        settings = OrchestratorSettings(database_url=database_url, rpc_timeout_seconds=20, lease_seconds=5)
+        clients = ServiceClients({**stack.addresses, **address_overrides})
+        orchestrator = create_orchestrator(
+            settings, clients=clients, tracer=stack.provider.get_tracer("test")
+        )
+        server = create_server([orchestrator.binding()], "127.0.0.1:0")
+        channel = grpc.insecure_channel(server.address)
+        running = Running(orchestrator, server, orchestrator_pb2_grpc.OrchestratorServiceStub(channel))
+        started.append(running)
+        return running
+
+    stack.exporter.clear()
+    yield start
+    for running in started:
+        running.server.stop(0)
+        running.orchestrator.close()
+
+
+def plan(stack: Stack, run_id: str, check: list[str] | None = None) -> pb.Plan:
+    """Two phases in two tiers: p1 writes src/mod1.py, p2 writes src/mod2.py and imports it."""
+    return pb.Plan(
+        run_id=run_id,
+        name=f"flow {run_id}",
+        source_repo=str(stack.source_repo),
+        tiers=[
+            pb.TierSpec(
+                tier_id="t1",
+                name="core",
+                phases=[
+                    common_pb2.PhaseSpec(
+                        phase_id="p1",
+                        description="Add module one with a function one() returning 1.",
+                        category="implementation",
+                        complexity="low",
+                        deliverables=["src/mod1.py"],
+                        scope=common_pb2.Scope(paths=["src/"], read_only_context=["README.md"]),
+                        validation_command=check or [],
+                    )
+                ],
+            ),
+            pb.TierSpec(
+                tier_id="t2",
+                name="more",
+                phases=[
+                    common_pb2.PhaseSpec(
+                        phase_id="p2",
+                        description="Add module two whose two() builds on one().",
+                        complexity="low",
+                        deliverables=["src/mod2.py"],
+                        scope=common_pb2.Scope(paths=["src/mod2.py"], read_only_context=["src/mod1.py"]),
+                        validation_command=["python", "-c", "from src.mod2 import two; assert two() == 2"],
+                        validation_timeout_seconds=60,
+                    )
+                ],
+            ),
+        ],
+    )
+
+
+def run_to_end(running: Running, request_plan: pb.Plan) -> tuple[pb.Run, list[pb.WatchRunResponse]]:
+    running.stub.CreateRun(pb.CreateRunRequest(plan=request_plan), timeout=10)
+    running.stub.StartRun(pb.StartRunRequest(run_id=request_plan.run_id), timeout=10)
+    events = list(running.stub.WatchRun(pb.WatchRunRequest(run_id=request_plan.run_id), timeout=80))
+    return running.stub.GetRun(pb.GetRunRequest(run_id=request_plan.run_id), timeout=10).run, events
+
+
+def phase_spans(stack: Stack, run_id: str) -> dict[str, ReadableSpan]:
+    return {
+        span.name: span
+        for span in stack.exporter.get_finished_spans()
+        if span.name.startswith("phase ") and (span.attributes or {}).get("autopack.run_id") == run_id
+    }
+
+
+def phases_of(run: pb.Run) -> list[pb.Phase]:
+    return [phase for tier in run.tiers for phase in tier.phases]
+
+
+def expected_estimate(stack: Stack, phase: common_pb2.PhaseSpec) -> estimator_pb2.EstimateResponse:
+    """What the estimator predicts for a phase (its model is deterministic)."""
+    return stack.estimator.Estimate(
+        estimator_pb2.EstimateRequest(
+            run_id="probe",
+            phase_id=phase.phase_id,
+            description=phase.description,
+            category=phase.category,
+            complexity=phase.complexity,
+            deliverables=list(phase.deliverables),
+            scope_paths=list(phase.scope.paths),
+            read_only_context=list(phase.scope.read_only_context),
+        ),
+        timeout=10,
+    )
+
+
+def test_happy_run_completes_every_phase_with_exact_tokens(
+    stack: Stack, start_orchestrator: Any, database_url: str
+) -> None:
+    running = start_orchestrator(database_url)
+    run_id = "happy" if "sqlite" in database_url else "happy-pg"
+    request_plan = plan(stack, run_id)
+    run, events = run_to_end(running, request_plan)
+
+    assert run.state == pb.STATE_COMPLETE, run.failure_reason
+    assert [tier.state for tier in run.tiers] == [pb.STATE_COMPLETE, pb.STATE_COMPLETE]
+    workspace = Path(run.workspace_path)
+    assert (workspace / "src" / "mod1.py").read_text() == MODULE_ONE
+    assert (workspace / "src" / "mod2.py").read_text() == MODULE_TWO
+
+    p1, p2 = phases_of(run)
+    assert [phase.state for phase in (p1, p2)] == [pb.STATE_COMPLETE, pb.STATE_COMPLETE]
+    assert [len(p1.attempts), len(p2.attempts)] == [1, 1]
+    first, second = p1.attempts[0], p2.attempts[0]
+    assert first.outcome == second.outcome == pb.ATTEMPT_OUTCOME_SUCCESS
+    assert (first.usage.input_tokens, first.usage.output_tokens, first.usage.total_tokens) == (
+        1234,
+        321,
+        1555,
+    )
+    assert (second.usage.input_tokens, second.usage.output_tokens, second.usage.total_tokens) == (
+        2000,
+        410,
+        2410,
+    )
+    assert (first.provider, first.model) == ("replay", RESPONSE_MODEL)
+    assert not first.HasField("check_exit_code")
+    assert second.check_exit_code == 0
+    assert first.savepoint and second.savepoint and first.savepoint != second.savepoint
+    assert first.failure_reason == ""
+    assert (run.usage.input_tokens, run.usage.output_tokens, run.usage.total_tokens) == (3234, 731, 3965)
+
+    estimate = expected_estimate(stack, request_plan.tiers[0].phases[0])
+    assert first.estimate_id
+    assert first.predicted_output_tokens == estimate.predicted_output_tokens
+    assert first.selected_budget == estimate.selected_budget
+    assert first.actual_max_tokens == estimate.actual_max_tokens
+    assert first.smape == pytest.approx(smape(estimate.predicted_output_tokens, 321))
+
+    # Every step is an event; the run ends with its terminal event.
+    assert [event.sequence for event in events] == list(range(1, len(events) + 1))
+    assert events[-1].state == pb.STATE_COMPLETE
+    p1_steps = [
+        event.message.split(":")[0]
+        for event in events
+        if event.phase_id == "p1" and event.type == pb.EVENT_TYPE_STEP
+    ]
+    assert p1_steps[:5] == ["memory", "read", "context", "estimate", "build"]
+    assert {"apply", "deliverables", "estimator", "memory"} <= set(p1_steps)
+    p2_steps = {event.message.split(":")[0] for event in events if event.phase_id == "p2"}
+    assert "checks" in p2_steps
+    finished = [event for event in events if event.type == pb.EVENT_TYPE_ATTEMPT_FINISHED]
+    assert [event.attempt.outcome for event in finished] == [pb.ATTEMPT_OUTCOME_SUCCESS] * 2
+    recorded = [event.message for event in events if event.message.startswith("estimator:")]
+    assert recorded == ["estimator: 1 outcome(s) recorded"] * 2
+
+    # The estimator learned from both calls.
+    accuracy = stack.estimator.GetAccuracy(
+        estimator_pb2.GetAccuracyRequest(filter=estimator_pb2.TelemetryFilter(run_id=run_id)), timeout=10
+    )
+    assert accuracy.overall.events == 2
+
+    # Memory holds the run's intention and one summary per phase.
+    summaries = stack.memory.Search(
+        memory_pb2.SearchRequest(
+            collection="phase-summaries", query="module", limit=10, filter={"run_id": run_id}
+        ),
+        timeout=10,
+    )
+    assert sorted(hit.item.metadata["phase_id"] for hit in summaries.hits) == ["p1", "p2"]
+    assert {hit.item.metadata["outcome"] for hit in summaries.hits} == {"COMPLETE"}
+    intentions = stack.memory.Search(
+        memory_pb2.SearchRequest(collection="intentions", query="module", filter={"run_id": run_id}),
+        timeout=10,
+    )
+    assert len(intentions.hits) == 1
+    assert "Add module two" in intentions.hits[0].item.text
+
+    # One trace per phase, rooted at the phase span, with the token story on it.
+    spans = phase_spans(stack, run_id)
+    assert set(spans) == {"phase p1", "phase p2"}
+    span = spans["phase p1"]
+    assert span.parent is None
+    assert format(span.context.trace_id, "032x") == first.trace_id
+    assert format(spans["phase p2"].context.trace_id, "032x") == second.trace_id != first.trace_id
+    attributes = dict(span.attributes or {})
+    assert attributes["autopack.run_id"] == run_id
+    assert attributes["autopack.phase_id"] == "p1"
+    assert attributes["autopack.tokens.predicted"] == estimate.predicted_output_tokens
+    assert attributes["autopack.tokens.selected_budget"] == estimate.selected_budget
+    assert attributes["autopack.tokens.actual_max"] == estimate.actual_max_tokens
+    assert attributes["autopack.tokens.input"] == 1234
+    assert attributes["autopack.tokens.output"] == 321
+    assert attributes["autopack.tokens.smape"] == pytest.approx(first.smape)
+    assert attributes["autopack.phase.outcome"] == "COMPLETE"
+    assert attributes["autopack.phase.attempts"] == 1
+    # The builder's LLM call span is in the phase's trace and carries the baggage.
+    chats = [
+        s
+        for s in stack.exporter.get_finished_spans()
+        if s.name.startswith("chat ") and s.context.trace_id == span.context.trace_id
+    ]
+    assert len(chats) == 1
+    assert (chats[0].attributes or {}).get("autopack.phase_id") == "p1"
+
+
+def test_attempt_outside_scope_is_retried_once_and_completes(stack: Stack, start_orchestrator: Any) -> None:
+    running = start_orchestrator()
+    request_plan = plan(stack, "retry")
+    del request_plan.tiers[1:]
+    run, events = run_to_end(running, request_plan)
+
+    assert run.state == pb.STATE_COMPLETE, run.failure_reason
+    [phase] = phases_of(run)
+    assert [attempt.number for attempt in phase.attempts] == [1, 2]
+    rejected, accepted = phase.attempts
+    assert rejected.outcome == pb.ATTEMPT_OUTCOME_APPLY_REJECTED
+    assert "other/evil.py" in rejected.failure_reason
+    assert rejected.savepoint == ""
+    assert (rejected.usage.input_tokens, rejected.usage.output_tokens) == (900, 150)
+    assert accepted.outcome == pb.ATTEMPT_OUTCOME_SUCCESS
+    assert (accepted.usage.input_tokens, accepted.usage.output_tokens) == (950, 120)
+    assert accepted.trace_id == rejected.trace_id  # both attempts live in the one phase trace
+    workspace = Path(run.workspace_path)
+    assert not (workspace / "other").exists()
+    assert (workspace / "src" / "mod1.py").read_text() == MODULE_ONE
+    span = phase_spans(stack, "retry")["phase p1"]
+    assert span.attributes["autopack.phase.attempts"] == 2  # type: ignore[index]
+    assert span.attributes["autopack.tokens.output"] == 120  # type: ignore[index]
+    assert span.attributes["autopack.phase.outcome"] == "COMPLETE"  # type: ignore[index]
+    assert [event.attempt.outcome for event in events if event.type == pb.EVENT_TYPE_ATTEMPT_FINISHED] == [
+        pb.ATTEMPT_OUTCOME_APPLY_REJECTED,
+        pb.ATTEMPT_OUTCOME_SUCCESS,
+    ]
+
+
+def test_failed_checks_roll_back_retry_once_and_fail_the_run(stack: Stack, start_orchestrator: Any) -> None:
+    running = start_orchestrator()
+    check = ["python", "-c", "import sys; print('boom'); sys.exit(3)"]
+    run, events = run_to_end(running, plan(stack, "failing", check=check))
+
+    assert run.state == pb.STATE_FAILED
+    assert run.failure_reason.startswith("phase p1: ")
+    p1, p2 = phases_of(run)
+    assert p1.state == pb.STATE_FAILED
+    assert p2.state == pb.STATE_QUEUED
+    assert p2.attempts == []
+    assert [tier.state for tier in run.tiers] == [pb.STATE_FAILED, pb.STATE_QUEUED]
+    assert [attempt.outcome for attempt in p1.attempts] == [pb.ATTEMPT_OUTCOME_CHECKS_FAILED] * 2
+    for attempt in p1.attempts:
+        assert attempt.check_exit_code == 3
+        assert "exited 3" in attempt.failure_reason and "boom" in attempt.failure_reason
+        assert attempt.savepoint
+    # Each failed attempt was rolled back: the broken module is gone.
+    assert not (Path(run.workspace_path) / "src" / "mod1.py").exists()
+    assert sum(event.message.startswith("rollback:") for event in events) == 2
+    span = phase_spans(stack, "failing")["phase p1"]
+    assert span.attributes["autopack.phase.outcome"] == "FAILED"  # type: ignore[index]
+    assert span.attributes["autopack.phase.attempts"] == 2  # type: ignore[index]
+    assert events[-1].state == pb.STATE_FAILED
+    summaries = stack.memory.Search(
+        memory_pb2.SearchRequest(collection="phase-summaries", query="module", filter={"run_id": "failing"}),
+        timeout=10,
+    )
+    assert [hit.item.metadata["outcome"] for hit in summaries.hits] == ["FAILED"]
+
+
+def test_unavailable_dependency_is_an_error_attempt_naming_it(stack: Stack, start_orchestrator: Any) -> None:
+    running = start_orchestrator(estimator="127.0.0.1:1")
+    request_plan = plan(stack, "no-estimator")
+    run, _ = run_to_end(running, request_plan)
+
+    assert run.state == pb.STATE_FAILED
+    [p1, p2] = phases_of(run)
+    assert [attempt.outcome for attempt in p1.attempts] == [pb.ATTEMPT_OUTCOME_ERROR] * 2
+    assert all("estimator unavailable (Estimate)" in attempt.failure_reason for attempt in p1.attempts)
+    assert "estimator unavailable" in run.failure_reason
+    assert p2.state == pb.STATE_QUEUED
+
+
+def test_crashed_run_resumes_from_first_unfinished_phase(
+    stack: Stack, start_orchestrator: Any, sqlite_url: str
+) -> None:
+    # The state a crashed orchestrator leaves: EXECUTING, p1 done, an attempt of p2 half-way, lease expired.
+    engine = create_db_engine(sqlite_url)
+    upgrade_schema(engine, "autopack_orchestrator.migrations", "alembic_version_orchestrator")
+    store = RunStore(engine)
+    phases = (
+        PhaseSpec(phase_id="p1", description="Already done.", deliverables=("src/__init__.py",)),
+        PhaseSpec(
+            phase_id="p2",
+            description="Add module two.",
+            deliverables=("src/mod2.py",),
+            scope_paths=("src/",),
+        ),
+    )
+    store.create_run(
+        Plan(
+            run_id="resumed",
+            name="resumed",
+            source_repo=str(stack.source_repo),
+            tiers=(TierSpec(tier_id="t1", phases=phases),),
+        )
+    )
+    store.start_run("resumed", "crashed-process", 0.001)
+    store.set_phase_state("resumed", "p1", State.COMPLETE, "phase p1 complete")
+    store.set_phase_state("resumed", "p2", State.EXECUTING, "phase p2 started")
+    store.save_attempt("resumed", "p2", AttemptRecord(number=1, started_at=utcnow()))
+    engine.dispose()
+
+    running = start_orchestrator()
+    events = list(running.stub.WatchRun(pb.WatchRunRequest(run_id="resumed"), timeout=80))
+    run = running.stub.GetRun(pb.GetRunRequest(run_id="resumed"), timeout=10).run
+
+    assert run.state == pb.STATE_COMPLETE, run.failure_reason
+    assert any("resumed after an orchestrator restart, from phase p2" in event.message for event in events)
+    p1, p2 = phases_of(run)
+    assert p1.attempts == []
+    assert [(a.number, a.outcome) for a in p2.attempts] == [
+        (1, pb.ATTEMPT_OUTCOME_ERROR),
+        (2, pb.ATTEMPT_OUTCOME_SUCCESS),
+    ]
+    assert "interrupted" in p2.attempts[0].failure_reason
+    assert (p2.attempts[1].usage.input_tokens, p2.attempts[1].usage.output_tokens) == (1500, 200)
+    assert (Path(run.workspace_path) / "src" / "mod2.py").read_text() == MODULE_TWO
+
+
+def test_truncated_attempt_is_retried_with_an_escalated_budget(stack: Stack, start_orchestrator: Any) -> None:
+    request_plan = plan(stack, "trunc")
+    del request_plan.tiers[1:]
+    estimate = expected_estimate(stack, request_plan.tiers[0].phases[0])
+    needed = estimate.actual_max_tokens + 1  # one token more than the first budget allows
+    body = "\n".join(f"VALUE_{i} = {i}" for i in range(400)) + "\n"
+    line = {
+        "run_id": "trunc",
+        "phase_id": "p1",
+        "attempt": 1,
+        "response": message([create("src/mod1.py", MODULE_ONE), create("src/big.py", body)], 700, needed),
+    }
+    (stack.recordings / "truncation.jsonl").write_text(json.dumps(line) + "\n")
+
+    running = start_orchestrator()
+    run, events = run_to_end(running, request_plan)
+
+    assert run.state == pb.STATE_COMPLETE, run.failure_reason
+    [phase] = phases_of(run)
+    cut, retry = phase.attempts
+    assert cut.outcome == pb.ATTEMPT_OUTCOME_TRUNCATED
+    assert cut.usage.output_tokens == estimate.actual_max_tokens  # the provider stopped at max_tokens
+    assert cut.actual_max_tokens == estimate.actual_max_tokens
+    assert not cut.HasField("smape")  # a truncated count is only a lower bound
+    assert retry.outcome == pb.ATTEMPT_OUTCOME_SUCCESS
+    assert retry.estimate_id == cut.estimate_id
+    assert retry.actual_max_tokens > estimate.actual_max_tokens
+    assert retry.usage.output_tokens == needed
+    assert any(event.message.startswith("estimate: escalated") for event in events)
+    assert (Path(run.workspace_path) / "src" / "big.py").read_text() == body
