@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import grpc
 import typer
 from autopack.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from autopack_common.clients import open_channel
+from autopack_common.settings import service_address
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -26,7 +28,8 @@ from autopack_cli.plans import PlanError, load_plan
 from autopack_cli.stack import StackPaths
 from autopack_cli.traces import SpanRecord, read_spans, run_traces
 
-console = Console()
+# Reports are wide; when output is piped (make run, CI logs) do not squeeze them to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 180)
 errors = Console(stderr=True)
 
 RPC_TIMEOUT = float(os.environ.get("AUTOPACK_RPC_TIMEOUT_SECONDS", "30"))
@@ -58,6 +61,12 @@ def _stub() -> orchestrator_pb2_grpc.OrchestratorServiceStub:
 
 
 def _fail_rpc(error: grpc.RpcError) -> typer.Exit:
+    if error.code() == grpc.StatusCode.UNAVAILABLE:
+        errors.print(
+            f"[red]UNAVAILABLE[/red]: the orchestrator at {service_address('orchestrator')} is not reachable "
+            "(start the stack with `autopack up`)"
+        )
+        return typer.Exit(1)
     errors.print(f"[red]{error.code().name}[/red]: {error.details()}")
     return typer.Exit(
         2 if error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND) else 1
