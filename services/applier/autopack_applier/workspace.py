@@ -25,6 +25,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from autopack_common.database import utcnow
 from autopack_common.errors import (
     DomainError,
     FailedPrecondition,
@@ -44,7 +45,7 @@ from autopack_applier.paths import (
     normalize_protected,
     protected_reason,
 )
-from autopack_applier.store import ACCEPTED, REJECTED, ApplierStore, ApplyLogEntry, WorkspaceRecord, utcnow
+from autopack_applier.store import ACCEPTED, REJECTED, ApplierStore, ApplyLogEntry, WorkspaceRecord
 
 log = logging.getLogger(__name__)
 

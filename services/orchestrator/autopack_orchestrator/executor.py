@@ -30,6 +30,7 @@ from autopack.builder.v1 import builder_pb2
 from autopack.common.v1 import common_pb2
 from autopack.estimator.v1 import estimator_pb2
 from autopack.memory.v1 import memory_pb2
+from autopack_common.database import utcnow
 from autopack_common.telemetry import current_trace_id, phase_baggage
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -42,7 +43,7 @@ from autopack_orchestrator.convert import phase_to_proto
 from autopack_orchestrator.events import EventType, Outcome, State
 from autopack_orchestrator.plan import PhaseSpec
 from autopack_orchestrator.settings import OrchestratorSettings
-from autopack_orchestrator.store import AttemptRecord, PhaseRecord, RunRecord, RunStore, utcnow
+from autopack_orchestrator.store import AttemptRecord, PhaseRecord, RunRecord, RunStore
 
 log = logging.getLogger(__name__)
 
