@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 GENERATED := services/common/autopack/.generated
 PLAN ?= examples/plan.yaml
 
-.PHONY: setup protos run test lint format bench postgres up down clean
+.PHONY: setup protos snapshot run test lint format bench postgres up down clean
 
 setup: $(INSTALLED)
 
@@ -33,6 +33,10 @@ protos: $(GENERATED)
 $(INSTALLED): $(GENERATED) $(foreach s,$(SERVICE_PACKAGES),services/$(s)/pyproject.toml)
 	$(BIN)/pip install -q --no-deps $(foreach s,$(SERVICE_PACKAGES),-e services/$(s))
 	touch $@
+
+# Freeze the released estimator contract (run on release; the contract test compares against it).
+snapshot: setup
+	$(BIN)/python protos/snapshots/update_snapshot.py autopack/estimator/v1/estimator.proto
 
 postgres:
 	@bash scripts/ensure-postgres.sh

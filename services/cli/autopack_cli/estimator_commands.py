@@ -535,17 +535,37 @@ def write_calibration_png(
 # -- estimator replay / models / accuracy --------------------------------------------------------
 
 
-def _read_events(file: Path) -> tuple[list[tuple[int, estimator_pb2.TelemetryEvent]], list[tuple[int, str]]]:
-    from autopack_estimator.telemetry_io import read_ndjson
+class NdjsonSource:
+    """Streams the events of an NDJSON file (never all in memory), remembering line numbers.
 
-    try:
-        with file.open(encoding="utf-8") as handle:
-            parsed = list(read_ndjson(handle))
-    except OSError as error:
-        raise _fail(f"FILE: cannot read {file}: {error}") from None
-    events = [(p.line_number, p.event) for p in parsed if p.event is not None]
-    errors = [(p.line_number, p.error) for p in parsed if p.event is None]
-    return events, errors
+    Lines that do not parse are collected in ``errors``; ``line_of[i]`` is the file line of the
+    i-th event sent, so a server rejection (by stream position) maps back to its line.
+    """
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.errors: list[tuple[int, str]] = []
+        self.line_of: list[int] = []
+        try:
+            with file.open("rb") as handle:
+                self.lines = sum(1 for line in handle if line.strip())
+        except OSError as error:
+            raise _fail(f"FILE: cannot read {file}: {error}") from None
+
+    def events(self) -> Iterator[estimator_pb2.TelemetryEvent]:
+        from autopack_estimator.telemetry_io import read_ndjson
+
+        with self.file.open(encoding="utf-8") as handle:
+            for parsed in read_ndjson(handle):
+                if parsed.event is None:
+                    self.errors.append((parsed.line_number, parsed.error))
+                    continue
+                self.line_of.append(parsed.line_number)
+                yield parsed.event
+
+    def rejected(self, rejections: Sequence[estimator_pb2.ImportRejection]) -> list[tuple[int, str]]:
+        """Local parse errors and server rejections, by file line."""
+        return self.errors + [(self.line_of[r.index - 1], r.reason) for r in rejections]
 
 
 def _rejections_table(rows: Sequence[tuple[int, str]]) -> Table:
@@ -570,18 +590,17 @@ def replay(
     timeout: TimeoutOption = LONG_TIMEOUT,
 ) -> None:
     """Evaluate the current and a candidate model on exported telemetry, side by side."""
-    events, errors = _read_events(file)
-    line_of = [line for line, _ in events]
+    source = NdjsonSource(file)
 
     def requests() -> Iterator[estimator_pb2.ReplayTelemetryRequest]:
         options = estimator_pb2.ReplayOptions(baseline_version=baseline, candidate_version=candidate)
         yield estimator_pb2.ReplayTelemetryRequest(options=options)
-        for _, event in events:
+        for event in source.events():
             yield estimator_pb2.ReplayTelemetryRequest(event=event)
 
     with _stub(address) as stub:
         response = _call(lambda: stub.ReplayTelemetry(requests(), timeout=timeout))
-    rejected = errors + [(line_of[r.index - 1], r.reason) for r in response.rejections]
+    rejected = source.rejected(response.rejections)
     console.print(
         metrics_table(
             f"Replay of {file.name}: {response.events} events",
@@ -715,18 +734,17 @@ def import_(
     timeout: TimeoutOption = LONG_TIMEOUT,
 ) -> None:
     """Import NDJSON telemetry; bad lines are reported by number and the rest still import."""
-    events, errors = _read_events(file)
-    line_of = [line for line, _ in events]
+    source = NdjsonSource(file)
     with _stub(address) as stub, _progress() as progress:
-        task = progress.add_task(f"importing {file.name}", total=len(events))
+        task = progress.add_task(f"importing {file.name}", total=source.lines)
 
         def stream() -> Iterator[estimator_pb2.TelemetryEvent]:
-            for _, event in events:
+            for event in source.events():
                 yield event
-                progress.advance(task)
+                progress.update(task, completed=len(source.line_of) + len(source.errors))
 
         response = _call(lambda: stub.ImportTelemetry(stream(), timeout=timeout))
-    rejected = errors + [(line_of[r.index - 1], r.reason) for r in response.rejections]
+    rejected = source.rejected(response.rejections)
     console.print(f"imported [bold]{response.imported}[/bold] event(s), rejected {len(rejected)}")
     if rejected:
         console.print(_rejections_table(rejected))

@@ -1,0 +1,150 @@
+"""Estimator test helpers: a real server on port 0 over a real database, and a client stub."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from autopack.estimator.v1 import estimator_pb2, estimator_pb2_grpc
+from autopack_common.server import RunningServer, create_server
+from autopack_estimator.service import EstimatorServicer, open_servicer, service_binding
+from autopack_estimator.store import Store
+from sqlalchemy import Engine
+
+# 18 real TokenEstimationV2 events exported from the original system (December 2025).
+LEGACY_SAMPLE = Path(__file__).resolve().parent / "data" / "legacy_sample.ndjson"
+
+
+@dataclass
+class Estimator:
+    """One running estimator replica and a client to it."""
+
+    servicer: EstimatorServicer
+    store: Store
+    engine: Engine
+    server: RunningServer
+    channel: grpc.Channel
+    stub: estimator_pb2_grpc.EstimatorServiceStub
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+
+@pytest.fixture
+def start_estimator() -> Iterator[Callable[..., Estimator]]:
+    """Factory: start an estimator on a database URL (several may share one database).
+
+    Estimates are written behind in batches as in production (``flush_seconds``); call
+    ``servicer.flush()`` before reading estimates from the store directly. Request a database
+    fixture *before* this one so the database outlives the servers.
+    """
+    started: list[Estimator] = []
+
+    def start(database_url: str, refresh_seconds: float = 3.0, flush_seconds: float = 0.02) -> Estimator:
+        servicer, engine = open_servicer(database_url, refresh_seconds, flush_seconds)
+        server = create_server([service_binding(servicer)], "127.0.0.1:0", max_workers=16)
+        channel = grpc.insecure_channel(server.address)
+        estimator = Estimator(
+            servicer=servicer,
+            store=servicer.store,
+            engine=engine,
+            server=server,
+            channel=channel,
+            stub=estimator_pb2_grpc.EstimatorServiceStub(channel),
+        )
+        started.append(estimator)
+        return estimator
+
+    yield start
+    for estimator in started:
+        estimator.channel.close()
+        estimator.server.stop(0)
+        estimator.servicer.close()
+        estimator.engine.dispose()
+
+
+@pytest.fixture
+def estimator(start_estimator: Callable[..., Estimator], sqlite_url: str) -> Estimator:
+    """An estimator on its own SQLite database."""
+    return start_estimator(sqlite_url)
+
+
+def _make_event(index: int = 0, **overrides: object) -> estimator_pb2.TelemetryEvent:
+    """A valid telemetry event; keyword arguments override fields."""
+    values: dict[str, object] = {
+        "run_id": "run-1",
+        "phase_id": f"phase-{index}",
+        "category": "implementation",
+        "complexity": "medium",
+        "deliverable_count": 2,
+        "deliverables": ["src/app/module.py", "tests/test_module.py"],
+        "predicted_output_tokens": 4000,
+        "actual_output_tokens": 5000,
+        "selected_budget": 6144,
+        "success": True,
+        "truncated": False,
+        "stop_reason": "end_turn",
+        "model": "claude-sonnet-4-5",
+        "description": "Add the module and its tests",
+    }
+    timestamp = overrides.pop("timestamp", datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=index))
+    values.update(overrides)
+    event = estimator_pb2.TelemetryEvent(**values)  # type: ignore[arg-type]
+    event.timestamp.FromDatetime(timestamp)  # type: ignore[arg-type]
+    return event
+
+
+@pytest.fixture
+def make_event() -> Callable[..., estimator_pb2.TelemetryEvent]:
+    """Builds valid telemetry events: ``make_event(index, **field_overrides)``."""
+    return _make_event
+
+
+@pytest.fixture
+def legacy_sample() -> Path:
+    """The legacy TokenEstimationV2 export used as import/export test data."""
+    return LEGACY_SAMPLE
+
+
+def synthetic_telemetry(n: int, seed: int = 0) -> list[estimator_pb2.TelemetryEvent]:
+    """Realistic telemetry (calibration.synthetic_events) as recorded under the default model."""
+    from autopack_estimator.calibration import synthetic_events
+    from autopack_estimator.model import ModelParameters, TokenModel
+
+    model = TokenModel(ModelParameters.default())
+    events = []
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for index, training in enumerate(synthetic_events(n, seed)):
+        phase = training.phase
+        prediction = model.predict(phase)
+        event = estimator_pb2.TelemetryEvent(
+            run_id=f"synthetic-{seed}",
+            phase_id=f"phase-{index}",
+            category=prediction.category,
+            complexity=prediction.complexity,
+            deliverable_count=prediction.deliverable_count,
+            deliverables=list(phase.deliverables),
+            description=phase.description,
+            predicted_output_tokens=prediction.predicted_output_tokens,
+            actual_output_tokens=training.actual_output_tokens,
+            selected_budget=prediction.selected_budget,
+            actual_max_tokens=prediction.actual_max_tokens,
+            success=training.success,
+            truncated=training.truncated,
+            stop_reason="max_tokens" if training.truncated else "end_turn",
+            model=phase.model or "claude-sonnet-4-5",
+        )
+        event.timestamp.FromDatetime(start + timedelta(minutes=index))
+        events.append(event)
+    return events
+
+
+@pytest.fixture
+def synthetic() -> Callable[..., list[estimator_pb2.TelemetryEvent]]:
+    """``synthetic(n, seed)``: realistic telemetry events to import."""
+    return synthetic_telemetry
