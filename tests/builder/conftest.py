@@ -215,7 +215,7 @@ def start_builder(sqlite_url: str, tracer_provider: TracerProvider) -> Iterator[
         engine = create_db_engine(database_url)
         upgrade_schema(engine, "autopack_builder.migrations", "alembic_version_builder")
         store = LlmCallStore(engine)
-        builder = Builder(provider, store, "claude-sonnet-4-5", tracer=tracer_provider.get_tracer("test"))
+        builder = Builder(provider, store, "claude-sonnet-4-6", tracer=tracer_provider.get_tracer("test"))
         running = create_server(
             [
                 ServiceBinding(

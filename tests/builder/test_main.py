@@ -74,7 +74,7 @@ def test_process_serves_replay_and_stops_gracefully(
     assert "provider replay" in logs
     assert "very_private_helper" not in logs
     spans = [json.loads(line) for line in (tmp_path / "traces" / "builder.jsonl").read_text().splitlines()]
-    [chat] = [span for span in spans if span["name"] == "chat claude-sonnet-4-5"]
+    [chat] = [span for span in spans if span["name"] == "chat claude-sonnet-4-6"]
     assert chat["attributes"]["autopack.replay"] is True
     assert chat["attributes"]["gen_ai.provider.name"] == "replay"
     [server] = [span for span in spans if span["name"].endswith("BuilderService/Build")]

@@ -10,7 +10,7 @@ from autopack_builder.service import response_from_result, usage_message
 def _call(
     input_tokens: int | None, output_tokens: int | None, total: int, stop: str = "end_turn"
 ) -> LlmCallRecord:
-    return LlmCallRecord("anthropic", "claude-sonnet-4-5", 4096, input_tokens, output_tokens, total, stop, 10)
+    return LlmCallRecord("anthropic", "claude-sonnet-4-6", 4096, input_tokens, output_tokens, total, stop, 10)
 
 
 def test_usage_sums_known_splits() -> None:

@@ -69,7 +69,7 @@ def test_lookup(recordings: Path, key: dict[str, Any], expected: str | None) -> 
 
 def _request(phase_id: str, max_tokens: int = 4096, attempt: int = 1) -> ChatRequest:
     return ChatRequest(
-        model="claude-sonnet-4-5",
+        model="claude-sonnet-4-6",
         max_tokens=max_tokens,
         system="s",
         user="u",

@@ -40,7 +40,7 @@ def test_request_wire_format_and_exact_usage(
         "Bearer sk-ant-test-0000-not-a-real-key",
     )
     assert seen.headers["anthropic-version"]
-    assert seen.body["model"] == "claude-sonnet-4-5"  # the builder's default model
+    assert seen.body["model"] == "claude-sonnet-4-6"  # the builder's default model
     assert seen.body["max_tokens"] == 30000  # large budgets go out non-streaming with an explicit timeout
     assert "OUTPUT CONTRACT" in seen.body["system"]
     [message] = seen.body["messages"]

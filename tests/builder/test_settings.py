@@ -22,7 +22,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert (settings.provider, settings.model, settings.replay_dir) == (
         "auto",
-        "claude-sonnet-4-5",
+        "claude-sonnet-4-6",
         Path("examples/recordings"),
     )
     assert settings.resolved_provider() == "replay"

@@ -51,12 +51,12 @@ def test_replay_call_span_carries_genai_attributes(
     stack.stub.Build(build_request(max_tokens=4096), timeout=10)
 
     [span] = _chat_spans(span_exporter)
-    assert span.name == "chat claude-sonnet-4-5"
+    assert span.name == "chat claude-sonnet-4-6"
     assert span.kind == SpanKind.CLIENT
     attributes = dict(span.attributes or {})
     assert attributes["gen_ai.operation.name"] == "chat"
     assert attributes["gen_ai.provider.name"] == "replay"
-    assert attributes["gen_ai.request.model"] == "claude-sonnet-4-5"
+    assert attributes["gen_ai.request.model"] == "claude-sonnet-4-6"
     assert attributes["gen_ai.request.max_tokens"] == 4096
     assert attributes["gen_ai.usage.input_tokens"] == 3669
     assert attributes["gen_ai.usage.output_tokens"] == 820
@@ -70,7 +70,7 @@ def test_call_span_is_a_child_of_the_current_span(
     tracer_provider: TracerProvider, span_exporter, build_request, recordings: Path
 ) -> None:
     tracer = tracer_provider.get_tracer("test")
-    builder = Builder(ReplayProvider(recordings), None, "claude-sonnet-4-5", tracer=tracer)
+    builder = Builder(ReplayProvider(recordings), None, "claude-sonnet-4-6", tracer=tracer)
 
     with tracer.start_as_current_span("phase telemetry-p1-string-util") as parent:
         builder.build(task_from_request(build_request()))

@@ -16,7 +16,7 @@ class BuilderSettings(ServiceSettings):
     """What the builder reads at start-up; the Anthropic key and base URL stay with the SDK."""
 
     provider: ProviderChoice = Field(default="auto", alias="AUTOPACK_BUILDER_PROVIDER")
-    model: str = Field(default="claude-sonnet-4-5", alias="AUTOPACK_BUILDER_MODEL")
+    model: str = Field(default="claude-sonnet-4-6", alias="AUTOPACK_BUILDER_MODEL")
     replay_dir: Path = Field(default=Path("examples/recordings"), alias="AUTOPACK_REPLAY_DIR")
     # Retries of one call inside the SDK (429, 5xx, 529, connection errors), with its backoff.
     provider_max_retries: int = Field(default=2, ge=0, alias="AUTOPACK_BUILDER_MAX_RETRIES")

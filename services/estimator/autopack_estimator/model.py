@@ -60,13 +60,21 @@ from autopack_estimator.features import (
 )
 
 #: Model assumed when a request names none (proto: "Empty = the estimator's default model").
-DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MODEL = "claude-sonnet-4-6"
 
 #: Output ceiling for models the table does not know: small enough that no provider rejects it.
 DEFAULT_OUTPUT_CEILING = 8192
 
 # Max output tokens per model family, matched on the longest normalised prefix ("." and "_" -> "-").
 _OUTPUT_CEILINGS: dict[str, int] = {
+    # Newer families: 64000 is the documented floor of their output limits; never sent above it.
+    "claude-sonnet-5": 64000,
+    "claude-opus-5": 64000,
+    "claude-haiku-5": 64000,
+    "claude-sonnet-4-6": 64000,
+    "claude-opus-4-6": 64000,
+    "claude-opus-4-7": 64000,
+    "claude-opus-4-8": 64000,
     "claude-sonnet-4-5": 64000,
     "claude-opus-4-5": 64000,
     "claude-haiku-4-5": 64000,
