@@ -40,6 +40,7 @@ How a phase becomes a budget (every step shows up as a breakdown term):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field, fields
@@ -110,6 +111,7 @@ _PHASE_MODEL_CATEGORIES = frozenset({"doc_synthesis", "doc_sot_update"})
 ANY = "*"
 
 
+@functools.lru_cache(maxsize=256)
 def output_ceiling(model: str) -> int:
     """Largest max_tokens the model accepts; empty means the default model, unknown a safe 8192."""
     name = (model or "").strip().lower() or DEFAULT_MODEL
