@@ -21,11 +21,8 @@ $(VENV)/.deps: requirements.lock
 	touch $@
 
 # Stubs are generated, never committed; each generated folder is a package.
-$(GENERATED): $(VENV)/.deps $(PROTO_FILES)
-	rm -rf services/common/autopack
-	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=services/common \
-		--pyi_out=services/common --grpc_python_out=services/common $(PROTO_FILES)
-	find services/common/autopack -type d -exec touch {}/__init__.py \;
+$(GENERATED): $(VENV)/.deps $(PROTO_FILES) scripts/gen-protos.sh
+	bash scripts/gen-protos.sh $(BIN)/python services/common
 	touch $@
 
 protos: $(GENERATED)

@@ -154,10 +154,12 @@ def check_generates_stubs(stages: list[Stage]) -> list[str]:
     if not any(re.match(r"^(\./?|/?)$|^\.?/?protos(/|$)", source) for source in copied):
         problems.append("protos/ is never copied into the build")
     runs = [arguments for keyword, arguments in instructions if keyword == "RUN"]
-    if not any("make protos" in run or ("grpc_tools.protoc" in run and "protos" in run) for run in runs):
-        problems.append(
-            "no RUN generates the stubs from protos/ (python -m grpc_tools.protoc or make protos)"
-        )
+    generators = ("make protos", "scripts/gen-protos.sh")
+    if not any(
+        any(generator in run for generator in generators) or ("grpc_tools.protoc" in run and "protos" in run)
+        for run in runs
+    ):
+        problems.append("no RUN generates the stubs from protos/ (scripts/gen-protos.sh or make protos)")
     return problems
 
 
