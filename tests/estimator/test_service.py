@@ -197,7 +197,7 @@ def test_max_tokens_stop_reason_is_recorded_as_truncated(estimator) -> None:  # 
         ({"actual_max_tokens": -1}, grpc.StatusCode.INVALID_ARGUMENT, "actual_max_tokens"),
         ({"input_tokens": -1}, grpc.StatusCode.INVALID_ARGUMENT, "input_tokens"),
         ({"estimate_id": ""}, grpc.StatusCode.INVALID_ARGUMENT, "estimate_id"),
-        ({"estimate_id": "est_unknown"}, grpc.StatusCode.NOT_FOUND, "estimate_id"),
+        ({"estimate_id": "est_unknown"}, grpc.StatusCode.INVALID_ARGUMENT, "estimate_id"),
     ],
 )
 def test_bad_outcomes_name_the_field_and_store_nothing(estimator, overrides, code, field) -> None:  # type: ignore[no-untyped-def]
@@ -244,7 +244,7 @@ def test_escalate_returns_a_retry_budget_above_what_was_used_and_records_it(esti
         ({"reason": estimator_pb2.ESCALATION_REASON_UNSPECIFIED}, grpc.StatusCode.INVALID_ARGUMENT, "reason"),
         ({"tokens_used": -1}, grpc.StatusCode.INVALID_ARGUMENT, "tokens_used"),
         ({"estimate_id": ""}, grpc.StatusCode.INVALID_ARGUMENT, "estimate_id"),
-        ({"estimate_id": "est_nope"}, grpc.StatusCode.NOT_FOUND, "estimate_id"),
+        ({"estimate_id": "est_nope"}, grpc.StatusCode.INVALID_ARGUMENT, "estimate_id"),
     ],
 )
 def test_bad_escalations_name_the_field_and_record_nothing(estimator, overrides, code, field) -> None:  # type: ignore[no-untyped-def]

@@ -407,7 +407,8 @@ class EstimatorServicer(estimator_pb2_grpc.EstimatorServiceServicer):
             time.sleep(3 * self._estimates.flush_interval + 0.05)
             estimate = self._estimates.get(estimate_id)
         if estimate is None:
-            raise NotFound(f"estimate_id: no estimate {estimate_id!r}")
+            # The contract: an id the caller got wrong is bad input naming the field.
+            raise InvalidArgument("estimate_id", f"no estimate {estimate_id!r}")
         return estimate
 
     def _model(self, field: str, version: str) -> TokenModel:
