@@ -112,9 +112,9 @@ def legacy_sample() -> Path:
 
 
 def synthetic_telemetry(n: int, seed: int = 0) -> list[estimator_pb2.TelemetryEvent]:
-    """Realistic telemetry (calibration.synthetic_events) as recorded under the default model."""
-    from autopack_estimator.calibration import synthetic_events
+    """Realistic telemetry (synthetic.synthetic_events) as recorded under the default model."""
     from autopack_estimator.model import ModelParameters, TokenModel
+    from autopack_estimator.synthetic import synthetic_events
 
     model = TokenModel(ModelParameters.default())
     events = []

@@ -15,11 +15,13 @@ from autopack_estimator.calibration import (
     evaluate,
     predict_outcomes,
     split_by_phase,
-    synthetic_events,
+    split_by_time,
+    time_split_evaluation,
 )
 from autopack_estimator.features import PhaseInput, phase_fingerprint
 from autopack_estimator.metrics import accuracy, smape
 from autopack_estimator.model import ModelParameters, TokenModel
+from autopack_estimator.synthetic import synthetic_events
 
 LEGACY_SAMPLE = Path(__file__).resolve().parent / "data" / "legacy_sample.ndjson"
 DEFAULT = ModelParameters.default()
@@ -316,3 +318,121 @@ def test_legacy_sample_calibrates_without_surprises() -> None:
     assert ModelParameters.from_json(result.candidate.to_json()) == result.candidate
     after = evaluate(TokenModel(result.candidate), events)
     assert after.budget_miss_rate == 0.0  # history of these very phases is remembered
+
+
+def sized_events(
+    n: int, exponent: float, *, seed: int, sigma: float = 0.15, truncate_above: int = 0
+) -> list[TrainingEvent]:
+    """Clean events whose truth grows with the deliverable count as count ** exponent (1-16 files)."""
+    rng = random.Random(seed)
+    events = []
+    for i in range(n):
+        files = rng.choice((1, 2, 3, 4, 6, 8, 12, 16))
+        phase = PhaseInput(
+            description=f"tests phase {seed}-{i}",
+            category_hint="tests",
+            complexity=("low", "medium")[i % 2],
+            deliverables=tuple(f"tests/pkg/test_{seed}_{i}_{j}.py" for j in range(files)),
+        )
+        truth = MODEL.predict(phase).predicted_output_tokens * (files / 4) ** exponent
+        actual = max(1, round(truth * rng.lognormvariate(0.0, sigma)))
+        if truncate_above and actual > truncate_above:
+            events.append(TrainingEvent(phase, truncate_above, success=False, truncated=True))
+        else:
+            events.append(TrainingEvent(phase, actual, success=True, truncated=False))
+    return events
+
+
+def test_split_by_time_keeps_the_order() -> None:
+    events = synthetic_events(100, seed=30, shape="legacy")
+    earlier, later = split_by_time(events, 0.3)
+    assert earlier + later == events
+    assert len(later) == 30
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        split_by_time(events, 1.0)
+
+
+def test_time_split_calibrates_on_the_past_and_judges_the_rest() -> None:
+    events = synthetic_events(600, seed=31, shape="legacy")
+    split = time_split_evaluation(events, DEFAULT, fraction=0.7)
+    assert split is not None
+    earlier, later = events[:420], events[420:]
+    assert (split.calibration_events, split.held_out_events) == (420, 180)
+    seen = {phase_fingerprint(e.phase) for e in earlier}
+    assert split.repeats == sum(1 for e in later if phase_fingerprint(e.phase) in seen) > 0
+    assert split.before == evaluate(MODEL, later)
+    candidate = calibrate(earlier, DEFAULT, new_version="c", time_split_fraction=None).candidate
+    assert split.after == evaluate(TokenModel(candidate), later)  # the future never taught the candidate
+    assert split.after_repeats.events == split.repeats
+    assert split.after_new.events == 180 - split.repeats
+    assert time_split_evaluation(events[:3], DEFAULT) is None  # too little on either side
+    with pytest.raises(ValueError, match="fraction"):
+        time_split_evaluation(events, DEFAULT, fraction=0.0)
+
+
+def test_the_report_carries_both_held_out_views() -> None:
+    events = synthetic_events(300, seed=32, shape="legacy")
+    report = calibrate(events, DEFAULT, new_version="c").report
+    assert report.time_split is not None
+    assert report.time_split.held_out_events == 90
+    assert any(note.startswith("time split") and "P90 waste" in note for note in report.notes)
+    assert calibrate(events, DEFAULT, new_version="c", time_split_fraction=None).report.time_split is None
+    with pytest.raises(ValueError, match="time_split_fraction"):
+        calibrate(events, DEFAULT, new_version="c", time_split_fraction=1.5)
+
+
+def test_the_miss_waste_trade_off_is_chosen_on_held_out_data_and_infeasibility_is_said() -> None:
+    noisy = calibrate(
+        group_events(240, 1.0, seed=33, sigma=0.6), DEFAULT, new_version="c", time_split_fraction=None
+    )
+    assert noisy.report.after.budget_miss_rate <= 0.02
+    infeasible = [note for note in noisy.report.notes if note.startswith("not all targets")]
+    assert infeasible and "cost P90 waste" in infeasible[0] and "would miss" in infeasible[0]
+    tight = calibrate(
+        group_events(240, 1.0, seed=33, sigma=0.08), DEFAULT, new_version="c", time_split_fraction=None
+    )
+    assert tight.report.after.budget_miss_rate <= 0.02
+    assert tight.report.after.waste_p90 < 3.0
+    assert not any(note.startswith("not all targets") for note in tight.report.notes)
+    assert any(note.startswith("cross-validated trade-off") for note in tight.report.notes)
+    shape = tight.candidate.buffer_shape
+    assert 0.0 <= shape.power <= 1.0 and shape.scale > 0
+    phase = group_events(1, 1.0, seed=99)[0].phase
+    assert TokenModel(tight.candidate).predict(phase).buffer_multiplier < 1.6
+
+
+def test_size_elasticity_is_learned_within_groups_with_truncations_as_bounds() -> None:
+    steep = calibrate(sized_events(400, -0.3, seed=34), DEFAULT, new_version="c", time_split_fraction=None)
+    assert steep.candidate.count_exponent == pytest.approx(-0.3, abs=0.08)
+    assert any(note.startswith("size elasticity") for note in steep.report.notes)
+    flat = calibrate(sized_events(400, 0.0, seed=35), DEFAULT, new_version="c", time_split_fraction=None)
+    assert abs(flat.candidate.count_exponent) < 0.05
+    # The largest phases truncate at 6000: read as lower bounds they must not fake a negative slope
+    # (dropping them would: the clean survivors of a large phase are its smallest attempts).
+    capped = sized_events(400, 0.0, seed=35, truncate_above=6000)
+    bounded = calibrate(capped, DEFAULT, new_version="c", time_split_fraction=None)
+    clean_only = calibrate([e for e in capped if e.clean], DEFAULT, new_version="c", time_split_fraction=None)
+    assert abs(bounded.candidate.count_exponent) < 0.03
+    assert clean_only.candidate.count_exponent < -0.06
+
+
+def test_retries_learn_their_offset_and_their_own_budget_policy() -> None:
+    rng = random.Random(36)
+    events = []
+    for i in range(150):
+        phase = PhaseInput(
+            description=f"feature {i}",
+            category_hint="implementation",
+            complexity="medium",
+            deliverables=(f"src/pkg/m{i}.py", f"tests/test_m{i}.py"),
+        )
+        truth = MODEL.predict(phase).predicted_output_tokens * rng.lognormvariate(0.0, 0.4)
+        for attempt in range(3):  # cumulative deliverables: retries write about half as much
+            share = 1.0 if attempt == 0 else 0.5
+            actual = round(truth * share * rng.lognormvariate(0.0, 0.1))
+            events.append(TrainingEvent(phase, actual, success=True, truncated=False))
+    result = calibrate(events, DEFAULT, new_version="c", time_split_fraction=None)
+    assert 0.45 < result.candidate.memory_repeat_factor < 0.8
+    assert result.candidate.memory_buffer_z > 0
+    assert result.candidate.memory_margin in (0.0, 1.0, 1.15)
+    assert any(note.startswith("retries judged on their own") for note in result.report.notes)

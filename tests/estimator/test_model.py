@@ -6,10 +6,11 @@ import itertools
 from dataclasses import replace
 
 import pytest
-from autopack_estimator.calibration import synthetic_events
 from autopack_estimator.features import PhaseInput, phase_fingerprint
 from autopack_estimator.model import (
     DEFAULT_OUTPUT_CEILING,
+    BudgetPolicy,
+    BufferShape,
     GroupCorrection,
     ModelParameters,
     PhaseMemory,
@@ -17,6 +18,7 @@ from autopack_estimator.model import (
     TokenModel,
     output_ceiling,
 )
+from autopack_estimator.synthetic import synthetic_events
 
 MODEL = TokenModel(ModelParameters.default())
 LEGACY_DOCS = (
@@ -362,6 +364,97 @@ def test_phase_memory_uses_the_history_of_the_exact_phase() -> None:
     assert term(after_truncation, "phase_memory_floor") > 0
 
 
+def test_buffer_shape_is_monotone_and_identity_by_default() -> None:
+    assert ModelParameters.default().buffer_shape == BufferShape()
+    assert BufferShape().apply(2.5) == 2.5
+    assert BufferShape(scale=1.5).apply(2.0) == pytest.approx(2.0**1.5)
+    flat = BufferShape(scale=1.0, power=0.0, reference=0.7)
+    assert flat.apply(1.3) == pytest.approx(flat.apply(4.0)) == pytest.approx(2.0138, rel=1e-3)
+    half = BufferShape(scale=1.0, power=0.5, reference=0.7)
+    buffers = [1.1, 1.5, 2.0, 3.0, 6.0]
+    shaped = [half.apply(b) for b in buffers]
+    assert shaped == sorted(shaped)  # order kept: a noisier group never gets less room
+    assert shaped[0] > buffers[0] and shaped[-1] < buffers[-1]  # differences pulled toward the reference
+    assert BufferShape(scale=0.5).apply(0.9) == 1.0
+
+
+def test_learned_buffers_are_served_through_the_stored_shape() -> None:
+    phase = code_phase(2, complexity="low")
+    correction = GroupCorrection("implementation", "low", factor=1.0, buffer=3.0, samples=40, confidence=0.9)
+    learned = replace(ModelParameters.default(), version="cal-1", corrections=(correction,))
+    shaped = replace(learned, buffer_shape_scale=0.5)
+    assert TokenModel(learned).predict(phase).buffer_multiplier == 3.0
+    assert TokenModel(shaped).predict(phase).buffer_multiplier == pytest.approx(3.0**0.5, abs=1e-4)
+    rule_only = code_phase(2, complexity="high")  # no learned buffer for that group: rules, unshaped
+    assert TokenModel(shaped).predict(rule_only) == MODEL.predict(rule_only)
+
+
+def test_budget_for_matches_finish_under_any_policy() -> None:
+    phase = code_phase(3, complexity="medium")
+    memory = PhaseMemory(phase_fingerprint(phase), 3, 2, 2500, 4000, 0)
+    params = replace(
+        ModelParameters.default(),
+        corrections=(GroupCorrection("implementation", "medium", 0.8, 2.4, 50, 0.9),),
+        phase_memory=(memory,),
+        memory_within_sigma=0.2,
+        memory_between_sigma=0.3,
+        memory_buffer_z=2.0,
+    )
+    model = TokenModel(params)
+    phases = [phase] + [event.phase for event in synthetic_events(60, seed=3)]
+    policies = [
+        None,
+        BudgetPolicy(BufferShape(0.7, 0.5, 0.9), 1.0, 0.0),
+        BudgetPolicy(BufferShape(), 3.0, 1.0),
+    ]
+    for candidate, policy in itertools.product(phases, policies):
+        draft = model.draft(candidate)
+        finished = model.finish(draft, policy)
+        assert model.budget_for(draft, policy) == (finished.selected_budget, finished.actual_max_tokens)
+    assert model.finish(model.draft(phase)) == model.predict(phase)
+
+
+def test_a_history_passed_to_draft_stands_in_for_the_stored_memory() -> None:
+    phase = code_phase(8, complexity="high")
+    history = PhaseMemory(phase_fingerprint(phase), 2, 2, 3000, 3300, 0)
+    drafted = MODEL.draft(phase, history)
+    assert drafted.memory == history
+    assert drafted.predicted < MODEL.draft(phase).predicted
+    assert drafted.memory_need == round(3300 * 1.15 + 0.5)
+    stored = TokenModel(replace(ModelParameters.default(), phase_memory=(history,)))
+    assert stored.draft(phase) == drafted
+
+
+def test_learned_repeat_factor_scales_predictions_from_history_only() -> None:
+    phase = code_phase(4)
+    memory = PhaseMemory(phase_fingerprint(phase), 2, 2, 5000, 5200, 0)
+    base = replace(ModelParameters.default(), phase_memory=(memory,), memory_prior_attempts=0.01)
+    plain = TokenModel(base).predict(phase)
+    shrunk = TokenModel(replace(base, memory_repeat_factor=0.6)).predict(phase)
+    assert shrunk.predicted_output_tokens == pytest.approx(0.6 * plain.predicted_output_tokens, rel=0.01)
+    other = code_phase(5)
+    assert TokenModel(replace(base, memory_repeat_factor=0.6)).predict(other) == MODEL.predict(other)
+
+
+def test_learned_size_elasticity_shows_as_its_own_term() -> None:
+    params = replace(ModelParameters.default(), count_exponent=-0.3, count_reference=4.0)
+    model = TokenModel(params)
+    at_reference = code_phase(4)
+    assert model.predict(at_reference) == MODEL.predict(at_reference)
+    large = code_phase(16)
+    scaled = model.predict(large)
+    assert term(scaled, "calibration_size") < 0
+    assert scaled.predicted_output_tokens == pytest.approx(
+        MODEL.predict(large).predicted_output_tokens * 4**-0.3, rel=0.01
+    )
+    small = model.predict(code_phase(1))
+    assert small.predicted_output_tokens > MODEL.predict(code_phase(1)).predicted_output_tokens
+    with pytest.raises(ValueError, match="count_exponent"):
+        ModelParameters.from_json('{"version": "x", "count_exponent": -3}')
+    with pytest.raises(ValueError, match="buffer_shape_power"):
+        ModelParameters.from_json('{"version": "x", "buffer_shape_power": 2}')
+
+
 def test_parameters_round_trip_through_json() -> None:
     default = ModelParameters.default()
     assert ModelParameters.from_json(default.to_json()) == default
@@ -372,6 +465,11 @@ def test_parameters_round_trip_through_json() -> None:
         corrections=(GroupCorrection("docs", "low", 1.25, 1.8, 12, 0.81),),
         phase_memory=(PhaseMemory("0123456789abcdef", 3, 2, 4100, 5000, 8192),),
         memory_buffer_z=2.5,
+        memory_repeat_factor=0.9,
+        count_exponent=-0.12,
+        buffer_shape_scale=0.8,
+        buffer_shape_power=0.5,
+        buffer_shape_reference=0.9,
     )
     restored = ModelParameters.from_json(custom.to_json())
     assert restored == custom

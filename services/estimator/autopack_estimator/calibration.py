@@ -15,22 +15,36 @@ reality sits from them and how widely it scatters:
   ``k = (sigma / tau)^2`` clamped to 2..10, so few or noisy samples move little. A level is
   *applied* only with ``min_samples`` clean samples and ``min_confidence``; otherwise its events
   fall back to the parent (or keep the current model).
+* **Size elasticity** -- within groups, residuals are regressed on log(deliverables) (truncations
+  at their expected value above the bound, winsorised, shrunk toward the current exponent by the
+  slope's standard error): output rarely grows as fast as per-deliverable costs say, and one
+  global exponent fixes that for every group at once.
 * **Buffer** -- a location-scale model: each level has a robust, censoring-aware scale (KM
   interquartile range, shrunk toward the parent's). Residuals divided by their scale are pooled over
   all events and the quantile ``1 - target_miss_rate`` is taken (KM; where truncations hide the tail
   it is extended with a normal tail); a level's buffer is ``exp(z * sigma)``, so tight groups get
-  small buffers and noisy ones large. One scalar power on all learned buffers is then set from the
-  cross-validated predictions so that held-out budget misses land at 60 % of the target
-  (a held-out set of a few hundred events scatters by about half a percent).
+  small buffers and noisy ones large.
+* **Miss / waste trade-off on held-out data** -- how learned buffers are served (a ``BufferShape``:
+  overall scale, and how much of the groups' differences to keep) is chosen on the cross-validated
+  predictions: the least P90 waste whose held-out budget-miss rate stays below the target with room
+  for the scatter of a later, smaller evaluation (misses cluster by phase). When the targets cannot
+  all hold at the data's spread the notes say so with the numbers (the waste the miss target costs,
+  the misses the waste target would cost).
 * **Phase memory** -- exact repeats of a phase (same goal and deliverables; retries are common)
   reuse their own history, weighted by how much of the spread is the phase rather than the attempt
-  (estimated from repeated phases), with a buffer learned from leave-one-out errors of repeats.
+  (estimated from repeated phases). Retries are replayed in time order -- each predicted from the
+  attempts before it, as serving does -- to learn how far a retry sits from its history (with
+  cumulative deliverables a retry writes only what is missing) and, on held-out phases, the memory
+  buffer and largest-output margin with the least waste inside the miss target. Retries are
+  weighted by their distance from their history, because that is how often a split by time puts
+  them on the far side of it.
 * **Honest before/after** -- k-fold cross-validation with folds by *phase* (retries of one phase stay
-  in one fold), k adapting to the number of distinct phases; metrics are re-predicted, never the
-  predictions stored in telemetry.
+  in one fold: how new phases fare), k adapting to the number of distinct phases, and a split by
+  time (calibrate on the oldest 70 %, judge the rest: how a calibration is used, retries of earlier
+  phases included). Metrics are re-predicted, never the predictions stored in telemetry.
 
-``synthetic_events`` generates realistic telemetry (retries, failures, truncations, heavy tails)
-for tests and benches; ``split_by_phase`` makes honest train/held-out splits of it.
+``split_by_phase`` / ``split_by_time`` make honest train/held-out splits (``synthetic.py``
+generates telemetry).
 """
 
 from __future__ import annotations
@@ -40,21 +54,41 @@ import random
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from autopack_estimator.features import PhaseInput, phase_fingerprint
 from autopack_estimator.metrics import AccuracyMetrics, Outcome, accuracy, percentile, smape
 from autopack_estimator.model import (
     ANY,
+    BudgetPolicy,
+    BufferShape,
     Draft,
     GroupCorrection,
     ModelParameters,
     PhaseMemory,
     Prediction,
     TokenModel,
+    output_ceiling,
+    select_buffer,
+    selected_budget,
 )
 
 #: Budget-miss rate the buffers are calibrated for (the seeds' <= 2 % risk target).
 DEFAULT_TARGET_MISS_RATE = 0.02
+
+#: Size elasticity: clean events needed, prior spread of the slope, range of the total.
+_MIN_SLOPE_EVENTS = 30
+_SLOPE_TAU = 0.15
+_SLOPE_MIN, _SLOPE_MAX = -0.7, 0.3
+
+#: Held-out events needed before the miss/waste trade-off is tuned on them (fewer: too noisy).
+_MIN_TRADE_OFF_EVENTS = 100
+
+#: Retries needed before their own offset, tail and held-out policy are learned.
+_MIN_REPEATS = 30
+
+#: Share of the (time-ordered) telemetry the time-split evaluation calibrates on.
+DEFAULT_TIME_SPLIT = 0.7
 
 #: What a truncated event needed, as the miss metric counts it (x its recorded lower bound).
 TRUNCATED_NEED = 1.0
@@ -66,9 +100,14 @@ _SIGMA_PRIOR = 0.5
 _SIGMA_MIN = 0.05
 _BUFFER_MIN = 1.05
 _BUFFER_MAX = 6.0
-_SCALE_MIN, _SCALE_MAX = 0.5, 1.5
-#: Share of the miss target the cross-validated buffer scale aims at (room for sampling noise).
-_MISS_HEADROOM = 0.6
+_SCALE_MIN, _SCALE_MAX = 0.3, 2.5
+#: Buffer-shape powers tried on held-out data (1 first: ties keep the per-group buffers).
+_SHAPE_POWERS = (1.0, 0.75, 0.5, 0.25, 0.0)
+#: Memory policy search on held-out retries: buffer z range and largest-output margins (0 = none).
+_MEMORY_Z_MIN, _MEMORY_Z_MAX = 0.05, 6.0
+_MEMORY_MARGINS = (1.15, 1.0, 0.0)
+#: The quality bar's P90 waste target (seeds: "waste ratio P90 < 3x"), for the notes.
+DEFAULT_TARGET_WASTE_P90 = 3.0
 #: Factors are kept within this range: beyond it the structural model, not a factor, is wrong.
 _FACTOR_MIN, _FACTOR_MAX = 0.05, 20.0
 
@@ -103,6 +142,25 @@ class GroupCalibration:
 
 
 @dataclass(frozen=True)
+class HoldoutEvaluation:
+    """Calibrated on the earlier events, judged on the later ones (time order).
+
+    The other honest view next to k-fold by phase: it is how a calibration is used (learn from
+    history, serve what comes next), so retries of phases seen earlier reappear in the held-out
+    part and the phase memory gets judged too.
+    """
+
+    fraction: float
+    calibration_events: int
+    held_out_events: int
+    repeats: int  # held-out events whose exact phase occurs in the calibration part
+    before: AccuracyMetrics
+    after: AccuracyMetrics
+    after_repeats: AccuracyMetrics
+    after_new: AccuracyMetrics
+
+
+@dataclass(frozen=True)
 class CalibrationReport:
     """Held-out evaluation and per-group corrections of one calibration."""
 
@@ -113,6 +171,7 @@ class CalibrationReport:
     folds: int
     base_version: str
     notes: tuple[str, ...]
+    time_split: HoldoutEvaluation | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +229,73 @@ def split_by_phase(
     train = [e for e in events if phase_fingerprint(e.phase) not in held]
     test = [e for e in events if phase_fingerprint(e.phase) in held]
     return train, test
+
+
+def split_by_time(
+    events: Sequence[TrainingEvent], holdout_fraction: float
+) -> tuple[list[TrainingEvent], list[TrainingEvent]]:
+    """Split into (earlier, later) by position: ``events`` must be oldest first (as the store yields).
+
+    Unlike ``split_by_phase`` the attempts of one phase may fall on both sides: a retry after
+    the cut is judged with the history before it, as in production.
+    """
+    if not 0.0 < holdout_fraction < 1.0:
+        raise ValueError("holdout_fraction must be between 0 and 1")
+    cut = len(events) - max(1, round(len(events) * holdout_fraction))
+    return list(events[:cut]), list(events[cut:])
+
+
+def time_split_evaluation(
+    events: Sequence[TrainingEvent],
+    base: ModelParameters,
+    *,
+    fraction: float = DEFAULT_TIME_SPLIT,
+    min_samples: int = 5,
+    min_confidence: float = 0.7,
+    target_miss_rate: float = DEFAULT_TARGET_MISS_RATE,
+    seed: int = 0,
+) -> HoldoutEvaluation | None:
+    """Calibrate on the first ``fraction`` of ``events`` (oldest first), judge base and candidate
+    on the rest, re-predicting every event. None when either side would be too small to mean
+    anything (fewer than 2 events held out or 2 distinct phases to learn from).
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError("fraction must be between 0 and 1")
+    earlier, later = split_by_time(events, 1.0 - fraction)
+    if len(later) < 2 or len({phase_fingerprint(e.phase) for e in earlier}) < 2:
+        return None
+    candidate = calibrate(
+        earlier,
+        base,
+        min_samples=min_samples,
+        min_confidence=min_confidence,
+        new_version=f"{base.version}-time-split",
+        target_miss_rate=target_miss_rate,
+        seed=seed,
+        time_split_fraction=None,
+    ).candidate
+    seen = {phase_fingerprint(e.phase) for e in earlier}
+    repeats = [e for e in later if phase_fingerprint(e.phase) in seen]
+    new = [e for e in later if phase_fingerprint(e.phase) not in seen]
+    model = TokenModel(candidate)
+    return HoldoutEvaluation(
+        fraction=fraction,
+        calibration_events=len(earlier),
+        held_out_events=len(later),
+        repeats=len(repeats),
+        before=evaluate(TokenModel(base), later),
+        after=evaluate(model, later),
+        after_repeats=evaluate(model, repeats),
+        after_new=evaluate(model, new),
+    )
+
+
+def describe_metrics(metrics: AccuracyMetrics) -> str:
+    """One-line summary of the three quality-bar figures (for notes and logs)."""
+    return (
+        f"median SMAPE {metrics.median_smape:.1f}%, budget miss {100 * metrics.budget_miss_rate:.1f}%, "
+        f"P90 waste {metrics.waste_p90:.2f}x"
+    )
 
 
 # -- robust, censoring-aware statistics ---------------------------------------------------------
@@ -303,6 +429,7 @@ class _Row:
     clean: bool
     truncated: bool
     fingerprint: str
+    log_count: float = 0.0  # log(deliverables / the model's count_reference)
 
 
 @dataclass
@@ -338,8 +465,8 @@ def _rows(events: Sequence[TrainingEvent], base: ModelParameters) -> tuple[list[
             skipped_invalid += 1
             continue
         try:
-            raw = raw_model.predict(event.phase)
-            cur = current.predict(event.phase)
+            raw = raw_model.draft(event.phase)
+            cur = current.draft(event.phase) if base.corrections else raw
         except ValueError as exc:
             notes.append(f"event {index} skipped: {exc}")
             continue
@@ -347,11 +474,12 @@ def _rows(events: Sequence[TrainingEvent], base: ModelParameters) -> tuple[list[
             _Row(
                 category=raw.category,
                 complexity=raw.complexity,
-                log_ratio=math.log(event.actual_output_tokens / raw.predicted_output_tokens),
-                current_log_factor=math.log(cur.predicted_output_tokens / raw.predicted_output_tokens),
+                log_ratio=math.log(event.actual_output_tokens / raw.predicted),
+                current_log_factor=math.log(cur.predicted / raw.predicted),
                 clean=event.clean,
                 truncated=event.truncated,
                 fingerprint=phase_fingerprint(event.phase),
+                log_count=math.log(max(1, raw.deliverable_count) / base.count_reference),
             )
         )
     if skipped_invalid:
@@ -395,19 +523,10 @@ def _shrink_sigma(measured: float, prior: float, n: int) -> float:
     return math.exp(weight * math.log(measured) + (1.0 - weight) * math.log(prior))
 
 
-def _fit(
-    events: Sequence[TrainingEvent],
-    base: ModelParameters,
-    *,
-    min_samples: int,
-    min_confidence: float,
-    new_version: str,
-    target_miss_rate: float,
-) -> _Fit:
-    """Learn the candidate parameters from ``events`` (no evaluation)."""
-    rows, notes = _rows(events, base)
-    old = {(c.category, c.complexity): c for c in base.corrections}
-    current_global = math.log(old[(ANY, ANY)].factor) if (ANY, ANY) in old else 0.0
+def _estimate_levels(
+    rows: Sequence[_Row], current_global: float, min_samples: int, min_confidence: float
+) -> dict[tuple[str, str], _Level]:
+    """Global, category and group levels, each shrunk toward the best-informed level above it."""
 
     def prior_of(subset: Sequence[_Row], fallback: float) -> float:
         return statistics.median(r.current_log_factor for r in subset) if subset else fallback
@@ -447,13 +566,100 @@ def _fit(
         levels[(category, complexity)] = _estimate_level(
             (category, complexity), subset, prior, sigma_prior, min_samples, min_confidence
         )
+    return levels
+
+
+def _count_slope(rows: Sequence[_Row], levels: Mapping[tuple[str, str], _Level], current: float) -> float:
+    """Change of the size elasticity the residuals ask for (0 when the evidence is weak).
+
+    Regresses each event's residual from its group's location on log(deliverables), within groups
+    (the group factors already absorb size differences between groups). Truncated events are
+    lower bounds: they enter at their expected value above the bound (one Buckley-James step per
+    round), otherwise the largest phases -- the ones that truncate -- would pull the slope down.
+    Residuals are winsorised at 3 robust sigmas; the slope is shrunk toward 0 by its standard
+    error (prior spread 0.15) and the total kept within -0.7..0.3.
+    """
+    normal = statistics.NormalDist()
+    usable = []
+    for row in rows:
+        if not (row.clean or row.truncated):
+            continue
+        level = _applied(levels, row)
+        location = level.location if level else row.current_log_factor
+        sigma = level.sigma if level else _SIGMA_PRIOR
+        usable.append((row, location, sigma))
+    if sum(1 for row, _, _ in usable if row.clean) < _MIN_SLOPE_EVENTS:
+        return 0.0
+    by_group: dict[tuple[str, str], list[float]] = {}
+    for row, _, _ in usable:
+        by_group.setdefault((row.category, row.complexity), []).append(row.log_count)
+    centre = {key: statistics.fmean(values) for key, values in by_group.items()}
+    xs = [row.log_count - centre[(row.category, row.complexity)] for row, _, _ in usable]
+    sxx = sum(x * x for x in xs)
+    if sxx < 1.0:
+        return 0.0
+    slope = 0.0
+    residuals: list[float] = []
+    for _ in range(3):
+        residuals = []
+        for (row, location, sigma), x in zip(usable, xs, strict=True):
+            value = row.log_ratio - location
+            if row.truncated:
+                mean = slope * x
+                a = min(6.0, (value - mean) / sigma)
+                tail = 1.0 - normal.cdf(a)
+                expected = mean + sigma * (normal.pdf(a) / tail if tail > 1e-9 else a)
+                value = max(value, expected)
+            residuals.append(value)
+        median = statistics.median(residuals)
+        spread = 1.4826 * statistics.median(abs(r - median) for r in residuals) or _SIGMA_PRIOR
+        clipped = [min(median + 3 * spread, max(median - 3 * spread, r)) for r in residuals]
+        slope = sum(x * r for x, r in zip(xs, clipped, strict=True)) / sxx
+    scatter = statistics.pstdev([r - slope * x for x, r in zip(xs, residuals, strict=True)])
+    standard_error = scatter / math.sqrt(sxx)
+    shrunk = slope * _SLOPE_TAU**2 / (_SLOPE_TAU**2 + standard_error**2)
+    total = min(_SLOPE_MAX, max(_SLOPE_MIN, current + shrunk))
+    change = total - current
+    return round(change, 4) if abs(change) >= 0.005 else 0.0
+
+
+def _applied(levels: Mapping[tuple[str, str], _Level], row: _Row) -> _Level | None:
+    """The most specific applied level of a row's group, if any."""
+    for key in ((row.category, row.complexity), (row.category, ANY), (ANY, ANY)):
+        level = levels.get(key)
+        if level is not None and level.applied:
+            return level
+    return None
+
+
+def _fit(
+    events: Sequence[TrainingEvent],
+    base: ModelParameters,
+    *,
+    min_samples: int,
+    min_confidence: float,
+    new_version: str,
+    target_miss_rate: float,
+) -> _Fit:
+    """Learn the candidate parameters from ``events`` (no evaluation)."""
+    rows, notes = _rows(events, base)
+    old = {(c.category, c.complexity): c for c in base.corrections}
+    current_global = math.log(old[(ANY, ANY)].factor) if (ANY, ANY) in old else 0.0
+    levels = _estimate_levels(rows, current_global, min_samples, min_confidence)
+    count_exponent = base.count_exponent
+    slope = _count_slope(rows, levels, base.count_exponent)
+    if slope:
+        count_exponent = round(base.count_exponent + slope, 4)
+        rows = [replace(r, log_ratio=r.log_ratio - slope * r.log_count) for r in rows]
+        levels = _estimate_levels(rows, current_global, min_samples, min_confidence)
+        notes.append(
+            f"size elasticity {count_exponent:+.3f}: predictions x (deliverables / {base.count_reference:g})"
+            f" ^ {count_exponent:+.3f} (learned within groups, truncations as lower bounds, shrunk toward "
+            f"{base.count_exponent:+.3f})"
+        )
 
     def applied_level(row: _Row) -> _Level | None:
-        for key in ((row.category, row.complexity), (row.category, ANY), (ANY, ANY)):
-            level = levels.get(key)
-            if level is not None and level.applied:
-                return level
-        return None
+        return _applied(levels, row)
 
     # Buffer: pooled standardised residuals (clean + failed exact, truncated censored).
     standardised: list[tuple[float, bool]] = []
@@ -517,14 +723,23 @@ def _fit(
             memory_within_sigma=round(within, 4),
             memory_between_sigma=round(between, 4),
         )
-        repeat_z = _repeat_tail(rows, residual, prior_attempts, within, between, coverage)
-        if repeat_z is not None:
-            memory_fields["memory_buffer_z"] = round(repeat_z, 4)
+        repeats = _repeat_errors(rows, residual, prior_attempts, within, between)
+        if len(repeats) >= _MIN_REPEATS:
+            offset = _repeat_offset(repeats)
+            shifted = [((error - offset) / spread, exact) for error, spread, exact, _ in repeats]
+            memory_fields["memory_repeat_factor"] = round(math.exp(offset), 4)
+            memory_fields["memory_buffer_z"] = round(max(0.0, _tail_quantile(shifted, coverage)[0]), 4)
     if memory:
         notes.append(
             f"phase memory: {len(memory)} distinct phases remembered; "
             + (
                 f"attempt spread {within:.2f} vs phase spread {memory_fields['memory_between_sigma']:.2f} (log)"
+                + (
+                    f"; a repeat comes out x{memory_fields['memory_repeat_factor']:.2f} of what its history "
+                    "suggests (learned from retries in time order)"
+                    if "memory_repeat_factor" in memory_fields
+                    else ""
+                )
                 if within is not None
                 else "no phase with two clean attempts yet: prior weight kept"
             )
@@ -534,91 +749,308 @@ def _fit(
         version=new_version,
         parent_version=base.version,
         corrections=ordered,
+        count_exponent=count_exponent,
         phase_memory=memory,
+        buffer_shape_scale=1.0,  # buffers as learned: the held-out search reshapes them
+        buffer_shape_power=1.0,
+        buffer_shape_reference=1.0,
         **memory_fields,  # type: ignore[arg-type]
     )
     return _Fit(params=params, levels=levels, notes=tuple(notes))
 
 
-def _choose_buffer_scale(held_out: Sequence[tuple[TokenModel, Draft, float]], allowed_miss: float) -> float:
-    """Power for the learned buffers that brings the cross-validated miss rate to ``allowed_miss``.
+@dataclass(frozen=True)
+class _HeldOut:
+    """One out-of-fold prediction in the making: the fold's model and draft, and what happened."""
 
-    The censoring-aware tail sets each group's buffer *shape*; this one scalar sets how far to go,
-    judged on out-of-fold predictions (honest, unlike in-sample residuals). Misses are counted as
-    the metric counts them: output above the budget, a truncated output at its recorded bound
-    (``TRUNCATED_NEED``). Searched over 0.5..1.5; 1.0 when no learned buffer is involved.
+    model: TokenModel
+    draft: Draft
+    need: float  # a budget below this is a miss (a truncated output counts at its recorded bound)
+    actual: int
+    clean: bool
+    weight: float = 1.0  # retries: how likely a split by time puts this one after its history
+
+
+@dataclass(frozen=True)
+class TradeOff:
+    """A point of the budget-miss / waste curve on held-out predictions."""
+
+    policy: BudgetPolicy
+    miss_rate: float
+    waste_p90: float
+
+
+class _Curve:
+    """Held-out predictions compiled for trying many budget policies quickly.
+
+    Same arithmetic as ``TokenModel.budget_for`` (``select_buffer`` + ``selected_budget``), with the
+    parts that do not depend on the policy computed once.
     """
-    drafts = [(m, d, need) for m, d, need in held_out if d.buffer_learned]
-    if not drafts:
-        return 1.0
-    total = len(held_out)
-    fixed_misses = sum(
-        1 for m, d, need in held_out if not d.buffer_learned and need > m.finish(d).selected_budget
-    )
 
-    def miss_rate(scale: float) -> float:
-        misses = sum(1 for m, d, need in drafts if need > m.finish(d, scale).selected_budget)
-        return (misses + fixed_misses) / total
+    def __init__(self, held_out: Sequence[_HeldOut]) -> None:
+        self.items = held_out
+        self.total_weight = sum(item.weight for item in held_out)
+        self.weighted = any(item.weight != 1.0 for item in held_out)
+        self._compiled: dict[float, list[tuple[Any, ...]]] = {}
 
-    low, high = _SCALE_MIN, _SCALE_MAX
-    if miss_rate(low) <= allowed_miss:
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _items(self, margin: float) -> list[tuple[Any, ...]]:
+        if margin not in self._compiled:
+            rows = []
+            for item in self.items:
+                d, p = item.draft, item.model.params
+                need = item.model.memory_need(d.memory, margin)[0]
+                ceiling = output_ceiling(d.model_name)
+                rows.append(
+                    (
+                        d,
+                        need,
+                        p.budget_rounding,
+                        p.max_budget,
+                        ceiling,
+                        item.need,
+                        max(1, item.actual),
+                        item.clean,
+                        item.weight,
+                    )
+                )
+            self._compiled[margin] = rows
+        return self._compiled[margin]
+
+    def point(self, policy: BudgetPolicy) -> TradeOff:
+        """Held-out miss rate (all events) and P90 waste (clean events) under ``policy``, weighted."""
+        missed = 0.0
+        wastes: list[tuple[float, float]] = []
+        for d, memory_need, rounding, max_budget, ceiling, need, actual, clean, weight in self._items(
+            policy.memory_margin
+        ):
+            buffer = select_buffer(
+                d.rule_buffer, "", d.group_buffer, "", d.group_global, d.memory_spread, policy
+            )[0]
+            selected = selected_budget(d.predicted, buffer, d.floor, memory_need, rounding, max_budget)
+            if need > selected:
+                missed += weight
+            if clean:
+                wastes.append((min(selected, ceiling) / actual, weight))
+        total = self.total_weight
+        waste = _weighted_percentile(wastes, 0.9) if self.weighted else percentile([w for w, _ in wastes], 90)
+        return TradeOff(policy, missed / total if total else 0.0, waste)
+
+    def effective_size(self) -> float:
+        """Kish effective sample size of the weights."""
+        squares = sum(item.weight**2 for item in self.items)
+        return self.total_weight**2 / squares if squares else 0.0
+
+
+def _weighted_percentile(values: Sequence[tuple[float, float]], q: float) -> float:
+    """Smallest value whose cumulative weight reaches ``q`` of the total (0.0 for no values)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    goal = q * sum(w for _, w in ordered)
+    running = 0.0
+    for value, weight in ordered:
+        running += weight
+        if running >= goal - 1e-12:
+            return value
+    return ordered[-1][0]
+
+
+def _trade_off(curve: _Curve, policy: BudgetPolicy) -> TradeOff:
+    """Held-out miss rate and P90 waste of ``curve`` under ``policy``."""
+    return curve.point(policy)
+
+
+def _allowed_miss(target: float, phases: int) -> float:
+    """Miss rate to aim for on cross-validation so a later held-out set stays under ``target``.
+
+    A later evaluation set is smaller than the calibration data (a 70/30 split holds out ~0.43x
+    as much), and misses cluster by phase (a phase that truncates once tends to truncate on every
+    retry), so its miss rate scatters like a binomial over its distinct *phases*; aim 1.65
+    standard errors below the target (95 % one-sided), within 50-80 % of the target.
+    """
+    later = max(1.0, 0.43 * phases)
+    standard_error = math.sqrt(target * (1.0 - target) / later)
+    return min(0.8 * target, max(0.5 * target, target - 1.65 * standard_error))
+
+
+def _choose_buffer_shape(held_out: _Curve, allowed_miss: float, base: BudgetPolicy) -> TradeOff:
+    """Shape of the learned buffers with the least held-out P90 waste at ``allowed_miss``.
+
+    The censoring-aware tail gives each group a buffer from its own spread; this decides, on
+    out-of-fold predictions, how far to go (``scale``) and how much of the groups' differences to
+    keep (``power``: 1 keeps them, 0 gives every learned group the same buffer). Equal tail risk
+    in every group is not what minimises P90 waste: letting the noisiest groups take more of the
+    allowed misses often costs less. Ties keep the plain per-group buffers.
+    """
+    logs = [math.log(h.draft.group_buffer) for h in held_out.items if h.draft.group_buffer > 1.0]
+    if not logs:
+        return _trade_off(held_out, base)
+    reference = max(0.05, statistics.median(logs))
+    best: TradeOff | None = None
+    for power in _SHAPE_POWERS:
+
+        def make(scale: float, power: float = power) -> BudgetPolicy:
+            return replace(base, shape=BufferShape(scale, power, reference))
+
+        point = _trade_off(held_out, make(_bisect(held_out, make, allowed_miss, _SCALE_MIN, _SCALE_MAX)))
+        if best is None or point.waste_p90 < 0.98 * best.waste_p90:
+            best = point
+    assert best is not None
+    return best
+
+
+def _raise_only(held_out: _Curve, allowed_miss: float, base: BudgetPolicy) -> TradeOff:
+    """Few held-out events: never shrink learned buffers on their say-so, only raise them.
+
+    A handful of events cannot show a tail; they can show misses, and misses come first.
+    """
+
+    def make(scale: float) -> BudgetPolicy:
+        return replace(base, shape=BufferShape(scale, 1.0, 1.0))
+
+    return _trade_off(held_out, make(_bisect(held_out, make, allowed_miss, 1.0, _SCALE_MAX)))
+
+
+def _choose_memory_policy(judged: Sequence[tuple[_Curve, float]], base: BudgetPolicy) -> TradeOff:
+    """Memory buffer z and largest-output margin with the least P90 waste on held-out retries.
+
+    Retries are judged apart from new phases (each side within the miss target), so the choice
+    holds whatever share of repeats a later evaluation happens to contain. ``judged`` pairs curves
+    with their allowed miss rates: every retry alike (many, steady) and retries weighted by their
+    distance from their history (what a split by time sees, fewer effective samples); the z must
+    satisfy all of them, the waste is read from the last.
+    """
+    best: TradeOff | None = None
+    safest: TradeOff | None = None
+    for margin in _MEMORY_MARGINS:
+
+        def make(z: float, margin: float = margin) -> BudgetPolicy:
+            return replace(base, memory_z=z, memory_margin=margin)
+
+        z = max(_bisect(curve, make, allowed, _MEMORY_Z_MIN, _MEMORY_Z_MAX) for curve, allowed in judged)
+        point = _trade_off(judged[-1][0], make(z))
+        if safest is None or point.miss_rate < safest.miss_rate:
+            safest = point
+        if not all(_trade_off(curve, make(z)).miss_rate <= allowed for curve, allowed in judged):
+            continue
+        if best is None or point.waste_p90 < 0.98 * best.waste_p90:
+            best = point
+    assert safest is not None
+    return best if best is not None else safest  # none within the target: the fewest misses
+
+
+def _bisect(
+    held_out: _Curve,
+    make: Callable[[float], BudgetPolicy],
+    allowed_miss: float,
+    low: float,
+    high: float,
+) -> float:
+    """Smallest knob value in low..high whose held-out miss rate is within ``allowed_miss``."""
+    if _trade_off(held_out, make(low)).miss_rate <= allowed_miss:
         return low
-    if miss_rate(high) > allowed_miss:
+    if _trade_off(held_out, make(high)).miss_rate > allowed_miss:
         return high
     for _ in range(10):
         middle = (low + high) / 2
-        if miss_rate(middle) <= allowed_miss:
+        if _trade_off(held_out, make(middle)).miss_rate <= allowed_miss:
             high = middle
         else:
             low = middle
-    return round(high, 3)
+    return round(high, 4)
 
 
-def _scaled(params: ModelParameters, scale: float) -> ModelParameters:
-    """Parameters whose learned buffers are raised to ``scale`` (as ``_finish`` would apply it)."""
-    if scale == 1.0:
-        return params
-    corrections = tuple(
-        replace(c, buffer=round(max(1.0, c.buffer**scale), 4)) if c.buffer > 0 else c
-        for c in params.corrections
-    )
-    return replace(params, corrections=corrections, memory_buffer_z=round(params.memory_buffer_z * scale, 4))
+def _waste_limited(held_out: _Curve, chosen: TradeOff, waste_target: float) -> TradeOff:
+    """The point of the chosen shape's curve where P90 waste meets ``waste_target`` (for the notes)."""
+    policy = chosen.policy
+    low, high = _SCALE_MIN / 4, policy.shape.scale
+    for _ in range(12):
+        middle = (low + high) / 2
+        if (
+            _trade_off(held_out, replace(policy, shape=replace(policy.shape, scale=middle))).waste_p90
+            <= waste_target
+        ):
+            low = middle
+        else:
+            high = middle
+    return _trade_off(held_out, replace(policy, shape=replace(policy.shape, scale=low)))
 
 
-def _repeat_tail(
+def _feasibility_notes(
+    held_out: _Curve, chosen: TradeOff, target_miss_rate: float, after: Sequence[Outcome]
+) -> list[str]:
+    """Say plainly when the quality bar's three targets cannot all hold at this data's spread."""
+    metrics = accuracy(after)
+    notes = [
+        f"cross-validated trade-off: budget misses {chosen.miss_rate:.1%} with P90 waste "
+        f"{chosen.waste_p90:.2f}x, median SMAPE {metrics.median_smape:.1f}%"
+    ]
+    if chosen.waste_p90 > DEFAULT_TARGET_WASTE_P90:
+        policy = chosen.policy
+
+        def make(scale: float) -> BudgetPolicy:
+            return replace(policy, shape=replace(policy.shape, scale=scale))
+
+        at_target = _trade_off(
+            held_out, make(_bisect(held_out, make, target_miss_rate, _SCALE_MIN, _SCALE_MAX))
+        )
+        limited = _waste_limited(held_out, chosen, DEFAULT_TARGET_WASTE_P90)
+        notes.append(
+            f"not all targets are reachable at this spread: budget misses of {chosen.miss_rate:.1%} (the aim, "
+            f"leaving room under {target_miss_rate:.0%}) cost P90 waste {chosen.waste_p90:.1f}x, misses of "
+            f"{at_target.miss_rate:.1%} would still need {at_target.waste_p90:.1f}x, and P90 waste <= "
+            f"{DEFAULT_TARGET_WASTE_P90:g}x would miss {limited.miss_rate:.1%} of budgets (cross-validated on "
+            "held-out phases; retries of known phases do better)"
+        )
+    return notes
+
+
+def _repeat_errors(
     rows: Sequence[_Row],
     residual: Callable[[_Row], float],
     prior_attempts: float,
     within: float,
     between: float,
-    coverage: float,
-) -> float | None:
-    """Tail quantile of standardised leave-one-out errors of the phase memory on repeated phases.
+) -> list[tuple[float, float, bool, bool]]:
+    """(log error, predictive spread, exact, clean) of each retry predicted from the attempts before it.
 
-    Each attempt of a repeated phase is predicted from the phase's *other* clean attempts exactly
-    as ``TokenModel`` would, so the memory buffer is learned from how repeats really scatter
-    (failures and truncations included), not assumed. None with fewer than 30 such attempts.
+    Rows are in time order, so this is what serving does: the second sighting of a phase is a
+    retry, predicted from the clean attempts seen so far exactly as ``TokenModel`` blends them.
+    Failed retries count as exact values, truncated ones as lower bounds.
     """
     by_phase: dict[str, list[_Row]] = {}
     for row in rows:
         by_phase.setdefault(row.fingerprint, []).append(row)
-    errors: list[tuple[float, bool]] = []
+    errors: list[tuple[float, float, bool, bool]] = []
     for attempts in by_phase.values():
-        if len(attempts) < 2:
-            continue
-        for i, row in enumerate(attempts):
-            others = [o.log_ratio for j, o in enumerate(attempts) if j != i and o.clean]
-            if not others:
+        for k in range(1, len(attempts)):
+            earlier = [o.log_ratio for o in attempts[:k] if o.clean]
+            if not earlier:
                 continue
-            weight = len(others) / (len(others) + prior_attempts)
+            row = attempts[k]
+            weight = len(earlier) / (len(earlier) + prior_attempts)
             model_location = row.log_ratio - residual(row)
-            expected = weight * statistics.median(others) + (1 - weight) * model_location
+            expected = weight * statistics.median(earlier) + (1 - weight) * model_location
             spread = math.sqrt(within**2 + (1 - weight) * between**2)
-            errors.append(((row.log_ratio - expected) / spread, not row.truncated))
-    if len(errors) < 30:
-        return None
-    z, _ = _tail_quantile(errors, coverage)
-    return max(z, 0.0)
+            errors.append((row.log_ratio - expected, spread, not row.truncated, row.clean))
+    return errors
+
+
+def _repeat_offset(repeats: Sequence[tuple[float, float, bool, bool]]) -> float:
+    """How far retries sit from their history (log; censoring-aware median, shrunk toward 0).
+
+    Retries need not repeat the first attempt: with cumulative deliverables a retry writes only
+    what is missing, a fix-up after a failure is smaller. Failed retries are left out (their
+    output says little about what the phase needed), as for the group factors.
+    """
+    values = [(error, exact) for error, _, exact, clean in repeats if clean or not exact]
+    if not any(exact for _, exact in values):
+        return 0.0
+    n = len(values)
+    return min(math.log(2.0), max(math.log(0.5), _location(values) * n / (n + 10.0)))
 
 
 def _within_phase_sigma(rows: Sequence[_Row]) -> float | None:
@@ -638,6 +1070,21 @@ def _within_phase_sigma(rows: Sequence[_Row]) -> float | None:
     return max(_SIGMA_MIN, statistics.median(differences) / (0.6745 * math.sqrt(2.0)))
 
 
+def phase_history(fingerprint: str, seen: Sequence[TrainingEvent]) -> PhaseMemory:
+    """What the attempts ``seen`` of one phase tell about its next attempt."""
+    clean = [e.actual_output_tokens for e in seen if e.clean]
+    exact = [e.actual_output_tokens for e in seen if not e.truncated]
+    bounds = [e.actual_output_tokens for e in seen if e.truncated]
+    return PhaseMemory(
+        fingerprint=fingerprint,
+        attempts=len(seen),
+        clean_count=len(clean),
+        clean_median=round(statistics.median(clean)) if clean else 0,
+        max_exact=max(exact, default=0),
+        max_lower_bound=max(bounds, default=0),
+    )
+
+
 def build_phase_memory(events: Sequence[TrainingEvent], base: ModelParameters) -> tuple[PhaseMemory, ...]:
     """Per-phase history from ``events`` merged over ``base``'s, newest phases kept up to the cap.
 
@@ -648,19 +1095,7 @@ def build_phase_memory(events: Sequence[TrainingEvent], base: ModelParameters) -
     for event in events:
         if event.actual_output_tokens > 0:
             attempts.setdefault(phase_fingerprint(event.phase), []).append(event)
-    fresh: dict[str, PhaseMemory] = {}
-    for fingerprint, seen in attempts.items():
-        clean = [e.actual_output_tokens for e in seen if e.clean]
-        exact = [e.actual_output_tokens for e in seen if not e.truncated]
-        bounds = [e.actual_output_tokens for e in seen if e.truncated]
-        fresh[fingerprint] = PhaseMemory(
-            fingerprint=fingerprint,
-            attempts=len(seen),
-            clean_count=len(clean),
-            clean_median=round(statistics.median(clean)) if clean else 0,
-            max_exact=max(exact, default=0),
-            max_lower_bound=max(bounds, default=0),
-        )
+    fresh = {fingerprint: phase_history(fingerprint, seen) for fingerprint, seen in attempts.items()}
     carried = [m for m in base.phase_memory if m.fingerprint not in fresh]
     merged = carried + list(fresh.values())  # insertion order ~ age: base first, then events in order
     return tuple(merged[-base.max_phase_memory :]) if base.max_phase_memory > 0 else ()
@@ -700,6 +1135,7 @@ def calibrate(
     new_version: str,
     target_miss_rate: float = DEFAULT_TARGET_MISS_RATE,
     seed: int = 0,
+    time_split_fraction: float | None = DEFAULT_TIME_SPLIT,
 ) -> CalibrationResult:
     """Learn a candidate from ``events`` and report held-out before/after metrics.
 
@@ -709,8 +1145,14 @@ def calibrate(
     fold assignment. The candidate is ``base`` with new corrections, buffers and phase memory,
     ``version=new_version`` and ``parent_version=base.version``.
 
+    The report holds two held-out views: k-fold by phase (``before``/``after``: how new phases
+    fare) and, unless ``time_split_fraction`` is None, a time split (``time_split``: calibrate on
+    the oldest ``time_split_fraction`` of ``events`` -- which must be oldest first, as the store
+    yields them -- and judge the rest, retries of earlier phases included).
+
     Raises ValueError for a blank ``new_version``, ``min_samples < 1``, a ``min_confidence``
-    outside 0..1 or a ``target_miss_rate`` outside (0, 0.5).
+    outside 0..1, a ``target_miss_rate`` outside (0, 0.5) or a ``time_split_fraction`` outside
+    (0, 1).
     """
     if not new_version or not new_version.strip():
         raise ValueError("new_version must not be empty")
@@ -720,6 +1162,8 @@ def calibrate(
         raise ValueError("min_confidence must be between 0 and 1")
     if not 0.0 < target_miss_rate < 0.5:
         raise ValueError("target_miss_rate must be between 0 and 0.5")
+    if time_split_fraction is not None and not 0.0 < time_split_fraction < 1.0:
+        raise ValueError("time_split_fraction must be between 0 and 1")
     settings = {
         "min_samples": min_samples,
         "min_confidence": min_confidence,
@@ -746,32 +1190,88 @@ def calibrate(
     candidate = final.params
     if folds:
         fold_of = {fp: i % folds for i, fp in enumerate(phases)}
-        held_out: list[tuple[TokenModel, Draft, float]] = []
+        held_out: list[_HeldOut] = []
         held_events: list[TrainingEvent] = []
+        repeats: list[_HeldOut] = []
+        positions = {id(event): index for index, event in enumerate(events)}
+        last_seen: dict[str, int] = {}
+        gap_cap = max(1, round(len(events) * (1.0 - DEFAULT_TIME_SPLIT)))
         for fold in range(folds):
             train = [e for e in events if fold_of[phase_fingerprint(e.phase)] != fold]
             held = [e for e in events if fold_of[phase_fingerprint(e.phase)] == fold]
             fold_model = TokenModel(_fit(train, base, new_version=new_version, **settings).params)
             before_outcomes += predict_outcomes(base_model, held)
+            earlier: dict[str, list[TrainingEvent]] = {}
             for event in held:
+                fingerprint = phase_fingerprint(event.phase)
+                seen = earlier.setdefault(fingerprint, [])
+                position = positions[id(event)]
                 try:
                     draft = fold_model.draft(event.phase)
+                    retry = fold_model.draft(event.phase, phase_history(fingerprint, seen)) if seen else None
                 except ValueError:
                     continue
                 need = event.actual_output_tokens * (TRUNCATED_NEED if event.truncated else 1.0)
-                held_out.append((fold_model, draft, need))
+                held_out.append(_HeldOut(fold_model, draft, need, event.actual_output_tokens, event.clean))
                 held_events.append(event)
-        scale = _choose_buffer_scale(held_out, _MISS_HEADROOM * target_miss_rate)
-        after_outcomes = [
-            outcome_for(model.finish(draft, scale), event)
-            for (model, draft, _), event in zip(held_out, held_events, strict=True)
-        ]
-        candidate = _scaled(final.params, scale)
-        if scale != 1.0:
+                if retry is not None:
+                    # A split by time separates a retry from its history with odds ~ the gap between them.
+                    gap = min(position - last_seen[fingerprint], gap_cap)
+                    repeats.append(
+                        _HeldOut(fold_model, retry, need, event.actual_output_tokens, event.clean, float(gap))
+                    )
+                seen.append(event)
+                last_seen[fingerprint] = position
+        stored = TokenModel(final.params).policy
+        allowed = _allowed_miss(target_miss_rate, len(phases))
+        curve = _Curve(held_out)
+        if len(held_out) >= _MIN_TRADE_OFF_EVENTS:
+            chosen = _choose_buffer_shape(curve, allowed, stored)
+        else:
+            chosen = _raise_only(curve, allowed, stored)
             notes.append(
-                f"learned buffers raised to the power {scale:.2f}: cross-validated budget misses "
-                f"at {_MISS_HEADROOM * target_miss_rate:.1%} (target {target_miss_rate:.1%})"
+                f"only {len(held_out)} held-out events: too few to trade misses for waste, learned buffers "
+                f"are only ever raised (x{chosen.policy.shape.scale:.2f} in log space) to keep misses down"
             )
+        policy = chosen.policy
+        after_outcomes = [
+            outcome_for(item.model.finish(item.draft, policy), event)
+            for item, event in zip(held_out, held_events, strict=True)
+        ]
+        shape = policy.shape
+        if not shape.identity:
+            notes.append(
+                f"learned buffers served as exp({shape.scale:.2f} x {shape.reference:.2f} x "
+                f"(log b / {shape.reference:.2f})^{shape.power:g}): the least cross-validated P90 waste "
+                f"with budget misses at {chosen.miss_rate:.1%} (aimed at {allowed:.1%} for a "
+                f"{target_miss_rate:.1%} target)"
+            )
+        if len(held_out) >= _MIN_TRADE_OFF_EVENTS:
+            notes += _feasibility_notes(curve, chosen, target_miss_rate, after_outcomes)
+        if len(repeats) >= _MIN_REPEATS:
+            retried = len({r.draft.memory.fingerprint for r in repeats if r.draft.memory is not None})
+            weighted = _Curve(repeats)
+            alike = _Curve([replace(r, weight=1.0) for r in repeats])
+            share = weighted.effective_size() / len(repeats)
+            retry_allowed = _allowed_miss(target_miss_rate, round(retried * share))
+            retry_choice = _choose_memory_policy(
+                ((alike, _allowed_miss(target_miss_rate, retried)), (weighted, retry_allowed)), policy
+            )
+            policy = retry_choice.policy
+            notes.append(
+                f"retries judged on their own ({len(repeats)} held-out retries, each predicted from the "
+                f"attempts before it, weighted by how far apart they are): memory buffer z {policy.memory_z:.2f}, largest-output margin "
+                f"x{policy.memory_margin:g} -> budget misses {retry_choice.miss_rate:.1%}, P90 waste "
+                f"{retry_choice.waste_p90:.2f}x"
+            )
+        candidate = replace(
+            final.params,
+            buffer_shape_scale=round(shape.scale, 4),
+            buffer_shape_power=shape.power,
+            buffer_shape_reference=round(shape.reference, 4),
+            memory_buffer_z=round(policy.memory_z, 4),
+            memory_margin=policy.memory_margin,
+        )
         notes.append(f"before/after: {folds}-fold cross-validation over {len(phases)} distinct phases")
     else:
         before_outcomes = predict_outcomes(base_model, events)
@@ -798,6 +1298,15 @@ def calibrate(
         )
         if not level.applied and key != (ANY, ANY):
             notes.append(f"{key[0]}/{key[1]} keeps the prior: {level.reason}")
+    time_split = None
+    if time_split_fraction is not None:
+        time_split = time_split_evaluation(events, base, fraction=time_split_fraction, seed=seed, **settings)
+        if time_split is not None:
+            notes.append(
+                f"time split (calibrated on the first {time_split.calibration_events} events, judged on the "
+                f"last {time_split.held_out_events}, {time_split.repeats} of them repeats of earlier phases): "
+                f"before {describe_metrics(time_split.before)}; after {describe_metrics(time_split.after)}"
+            )
     report = CalibrationReport(
         before=accuracy(before_outcomes),
         after=accuracy(after_outcomes),
@@ -806,6 +1315,7 @@ def calibrate(
         folds=folds,
         base_version=base.version,
         notes=tuple(notes),
+        time_split=time_split,
     )
     return CalibrationResult(candidate=candidate, report=report)
 
@@ -833,160 +1343,3 @@ def _current_factor(base: ModelParameters, key: tuple[str, str]) -> float:
     else:
         correction, _ = base.correction_for(*key)
     return correction.factor if correction is not None else 1.0
-
-
-# -- synthetic telemetry ------------------------------------------------------------------------
-
-#: Hidden per-group drift of the realistic generator: how reality differs from the default model.
-SYNTHETIC_DRIFT: Mapping[tuple[str, str], float] = {
-    ("implementation", "low"): 0.75,
-    ("implementation", "medium"): 0.9,
-    ("implementation", "high"): 0.7,
-    ("refactoring", "medium"): 1.25,
-    ("configuration", "low"): 0.8,
-    ("integration", "high"): 0.85,
-    ("tests", "low"): 1.15,
-    ("tests", "medium"): 1.3,
-    ("docs", "low"): 1.5,
-    ("docs", "medium"): 1.3,
-    ("doc_synthesis", "low"): 1.3,
-    ("doc_sot_update", "low"): 0.8,
-}
-
-_PACKAGES = ("billing", "memory", "research", "auth", "search", "config", "reports", "scheduler", "ingest")
-_MODULES = ("manager", "client", "models", "service", "handlers", "parser", "cache", "retry", "validators")
-_DOC_NAMES = ("OVERVIEW", "USAGE_GUIDE", "QUICKSTART", "FAQ", "TROUBLESHOOTING", "CONFIGURATION", "DESIGN")
-_CONFIG_FILES = ("config/defaults.yaml", "config/logging.yaml", "pyproject.toml", "deploy/values.yaml")
-_SOT_FILES = ("BUILD_HISTORY.md", "DEBUG_LOG.md", "docs/ARCHITECTURE_DECISIONS.md", "docs/FUTURE_PLAN.md")
-_HINTS = {
-    "implementation": ("implementation", "IMPLEMENT_FEATURE", "backend"),
-    "refactoring": ("refactoring", "refactor"),
-    "configuration": ("configuration", "config"),
-    "integration": ("integration",),
-    "tests": ("tests", "testing"),
-    "docs": ("docs", "documentation"),
-    "doc_synthesis": ("docs", "documentation"),
-    "doc_sot_update": ("docs", "documentation"),
-}
-_GOALS = {
-    "implementation": "Implement the {pkg} {mod} with validation and error handling",
-    "refactoring": "Refactor the {pkg} {mod} to remove duplication",
-    "configuration": "Environment-based configuration for {pkg} with validation",
-    "integration": "Integrate the external {pkg} API with retries and authentication",
-    "tests": "Add unit tests for the {pkg} {mod}",
-    "docs": "Write comprehensive documentation with an example for {pkg}",
-    "doc_synthesis": "Create the {pkg} documentation from scratch",
-    "doc_sot_update": "Record the {pkg} build in the project ledgers",
-}
-_CATEGORY_WEIGHTS = (
-    ("implementation", 35),
-    ("refactoring", 10),
-    ("configuration", 8),
-    ("integration", 8),
-    ("tests", 15),
-    ("docs", 14),
-    ("doc_synthesis", 5),
-    ("doc_sot_update", 5),
-)
-_COUNT_WEIGHTS = ((1, 30), (2, 25), (3, 15), (4, 10), (5, 7), (6, 5), (8, 4), (10, 2), (13, 1), (17, 1))
-
-
-def _pick(rng: random.Random, weighted: Sequence[tuple[object, int]]) -> object:
-    return rng.choices([v for v, _ in weighted], weights=[w for _, w in weighted])[0]
-
-
-def _synthetic_phase(rng: random.Random, category: str) -> PhaseInput:
-    """A plausible phase of ``category`` with real-looking paths and goal text."""
-    pkg, mod = rng.choice(_PACKAGES), rng.choice(_MODULES)
-    count = int(_pick(rng, _COUNT_WEIGHTS))  # type: ignore[call-overload]
-    paths: list[str] = []
-    for i in range(count):
-        name = f"{mod}{i or ''}"
-        if category in ("implementation", "refactoring", "integration"):
-            sub = "integrations/" if category == "integration" else ""
-            paths.append(f"tests/{pkg}/test_{name}.py" if i % 2 else f"src/{pkg}/{sub}{name}.py")
-        elif category == "configuration":
-            paths.append(_CONFIG_FILES[i % len(_CONFIG_FILES)] if i % 2 == 0 else f"src/{pkg}/settings{i}.py")
-        elif category == "tests":
-            paths.append(f"tests/{pkg}/test_{name}.py")
-        elif category == "docs":
-            paths.append(f"docs/{pkg}/{_DOC_NAMES[i % len(_DOC_NAMES)]}{i // len(_DOC_NAMES) or ''}.md")
-        elif category == "doc_synthesis":
-            special = ("API_REFERENCE.md", "EXAMPLES.md")
-            doc = special[i] if i < 2 else f"{_DOC_NAMES[i % len(_DOC_NAMES)]}.md"
-            paths.append(f"docs/{pkg}/{doc}")
-        else:
-            paths.append(_SOT_FILES[i % len(_SOT_FILES)])
-    hint = rng.choice(_HINTS[category]) if rng.random() < 0.7 else ""
-    complexity = str(_pick(rng, (("low", 40), ("medium", 40), ("high", 15), ("maintenance", 5))))
-    context = tuple(f"src/{pkg}/ctx_{j}.py" for j in range(rng.choice((0, 0, 1, 2, 3, 6))))
-    model = str(_pick(rng, (("claude-sonnet-4-5", 85), ("claude-opus-4-5", 10), ("gpt-4o", 5))))
-    return PhaseInput(
-        description=_GOALS[category].format(pkg=pkg, mod=mod) + f" ({rng.randrange(10**6)})",
-        category_hint=hint,
-        complexity=complexity,
-        deliverables=tuple(paths),
-        scope_paths=(f"src/{pkg}/",) if rng.random() < 0.5 else (),
-        read_only_context=context,
-        model=model,
-    )
-
-
-def synthetic_events(
-    n: int,
-    seed: int = 0,
-    *,
-    truth_factors: Mapping[tuple[str, str], float] | None = None,
-    noise_sigma: float = 0.2,
-    phase_sigma: float = 0.3,
-    outlier_rate: float = 0.02,
-    failure_rate: float = 0.08,
-    retry_rate: float = 0.2,
-    base: ModelParameters | None = None,
-) -> list[TrainingEvent]:
-    """Realistic telemetry for tests and benches (deterministic for a seed).
-
-    Truth = the default model's uncalibrated prediction x a per-group factor (``truth_factors``,
-    default ``SYNTHETIC_DRIFT``; groups not listed: 1.0) x a mild deliverable-count misfit (the
-    realistic mode only) x a per-phase log-normal effect (``phase_sigma``: what the features cannot
-    see) x per-attempt log-normal noise (``noise_sigma``) with rare x/÷ 3-6 outliers. Each
-    attempt ran under the budget ``base`` would have sent: outputs above it are recorded as
-    truncated at that budget (lower bounds). Some attempts fail with shorter failure-mode output,
-    and some phases are retried (same phase, fresh noise).
-    """
-    if n < 0:
-        raise ValueError("n must not be negative")
-    rng = random.Random(seed)
-    params = base or ModelParameters.default()
-    raw_model = TokenModel(replace(params, corrections=()))
-    served = TokenModel(params)
-    realistic = truth_factors is None
-    factors = SYNTHETIC_DRIFT if truth_factors is None else truth_factors
-    events: list[TrainingEvent] = []
-    while len(events) < n:
-        category = str(_pick(rng, _CATEGORY_WEIGHTS))
-        phase = _synthetic_phase(rng, category)
-        raw = raw_model.predict(phase)
-        budget = served.predict(phase).actual_max_tokens
-        median = raw.predicted_output_tokens * factors.get((raw.category, raw.complexity), 1.0)
-        if realistic:
-            median *= max(1, raw.deliverable_count) ** -0.08
-        median *= math.exp(rng.gauss(0.0, phase_sigma)) if phase_sigma > 0 else 1.0
-        attempts = 1 + (rng.choice((1, 1, 2, 3)) if rng.random() < retry_rate else 0)
-        for _ in range(attempts):
-            if len(events) >= n:
-                break
-            actual = median * math.exp(rng.gauss(0.0, noise_sigma))
-            if rng.random() < outlier_rate:
-                actual *= rng.uniform(3.0, 6.0) ** rng.choice((-1, 1))
-            success = rng.random() >= failure_rate
-            if not success:
-                actual *= rng.uniform(0.15, 1.1)
-            tokens = max(50, round(actual))
-            truncated = tokens > budget
-            if truncated:
-                tokens, success = budget, False
-            events.append(
-                TrainingEvent(phase=phase, actual_output_tokens=tokens, success=success, truncated=truncated)
-            )
-    return events

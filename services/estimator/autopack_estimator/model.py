@@ -16,10 +16,11 @@ How a phase becomes a budget (every step shows up as a breakdown term):
      (code/test/doc/config/prose) scaled by complexity. Costs fall off with rank (the 5th-8th
      deliverable x0.7, 9th-16th x0.5, beyond x0.35): large phases do not write every file in
      full, and a linear model wildly overshoots them.
-   * a calibrated model multiplies by a learned per-group factor (``calibration`` term), and an
-     exact repeat of a phase it has seen (same goal and deliverables) leans on that phase's own
-     history (``phase_memory``; its budget also covers the largest earlier output and 1.25x any
-     earlier truncation).
+   * a calibrated model scales by a learned size elasticity (``calibration_size``: x (deliverables
+     / 4) ** exponent) and a learned per-group factor (``calibration``), and an exact repeat of a
+     phase it has seen (same goal and deliverables) leans on that phase's own history
+     (``phase_memory``, times a learned repeat factor: retries often write less; its budget also
+     covers the largest earlier output x a learned margin and 1.25x any earlier truncation).
 
 2. **Buffer** -- P7/P9 rules until calibration has learned better: 1.2 by default, 1.4 when
    confidence < 0.7, 1.6 with 8+ deliverables or for high-complexity implementation/integration,
@@ -27,7 +28,9 @@ How a phase becomes a budget (every step shows up as a breakdown term):
    that already carried a x1.3 safety margin; our point prediction is a median, so outside the
    two phase models the rule buffer is multiplied by that 1.3 (``buffer_multiplier`` reports the
    product, e.g. 1.56 by default). A calibrated group uses the buffer learned from its residual
-   distribution instead (a high quantile of actual/predicted, truncations as lower bounds).
+   distribution instead (a high quantile of actual/predicted, truncations as lower bounds), served
+   through the stored ``BufferShape`` that calibration chose on held-out data; a repeat uses the
+   spread of repeats when that is tighter.
 
 3. **selected_budget** = prediction x buffer, raised to a category-aware floor (code phases keep
    a higher floor than docs-like ones, BUILD-142), rounded up to a multiple of 256. It is the
@@ -43,7 +46,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from typing import Any
 
@@ -281,13 +284,25 @@ class ModelParameters:
     escalation_factor: float = 1.25
     default_model: str = DEFAULT_MODEL
     corrections: tuple[GroupCorrection, ...] = ()
+    # Learned size elasticity: predictions x (deliverables / count_reference) ** count_exponent. Output
+    # rarely grows as fast as the per-deliverable costs say (large phases reuse, skip or trim files).
+    count_exponent: float = 0.0
+    count_reference: float = 4.0
     phase_memory: tuple[PhaseMemory, ...] = ()
     memory_prior_attempts: float = 1.0
     memory_within_sigma: float = 0.0
     memory_between_sigma: float = 0.0
     memory_buffer_z: float = 0.0
     memory_margin: float = 1.15
+    memory_repeat_factor: float = 1.0
     max_phase_memory: int = 2000
+    # How learned buffers are served (identity by default; calibration chooses them on held-out data):
+    # a learned buffer b becomes exp(scale * reference * (log b / reference) ** power). ``scale`` sets
+    # the overall risk; ``power`` < 1 evens buffers out across groups, letting the noisiest groups take
+    # a larger share of the misses where that costs less waste overall.
+    buffer_shape_scale: float = 1.0
+    buffer_shape_power: float = 1.0
+    buffer_shape_reference: float = 1.0
 
     @classmethod
     def default(cls) -> ModelParameters:
@@ -386,11 +401,22 @@ class ModelParameters:
             raise ValueError("budget_rounding must be >= 1")
         if self.escalation_factor <= 1.0:
             raise ValueError("escalation_factor must be > 1.0")
+        if not self.count_reference > 0 or not -1.0 <= self.count_exponent <= 1.0:
+            raise ValueError("count_reference must be positive and count_exponent within -1..1")
+        if not (self.buffer_shape_scale > 0 and self.buffer_shape_reference > 0):
+            raise ValueError("buffer_shape_scale and buffer_shape_reference must be positive")
+        if not 0.0 <= self.buffer_shape_power <= 1.0:
+            raise ValueError("buffer_shape_power must be between 0 and 1")
         for c in self.corrections:
             if not (c.factor > 0 and math.isfinite(c.factor)):
                 raise ValueError(f"correction {c.category}/{c.complexity}: factor must be positive")
             if c.buffer != 0 and c.buffer < 1.0:
                 raise ValueError(f"correction {c.category}/{c.complexity}: buffer must be 0 or >= 1")
+
+    @property
+    def buffer_shape(self) -> BufferShape:
+        """How learned buffers are served."""
+        return BufferShape(self.buffer_shape_scale, self.buffer_shape_power, self.buffer_shape_reference)
 
     def correction_for(self, category: str, complexity: str) -> tuple[GroupCorrection | None, str]:
         """Most specific learned correction: (category, complexity), then (category, *), then (*, *)."""
@@ -405,14 +431,44 @@ class ModelParameters:
         return None, ""
 
 
+@dataclass(frozen=True)
+class BufferShape:
+    """Monotone map of a learned buffer b to the served one: exp(scale * ref * (log b / ref) ** power).
+
+    ``power`` = 1 is the plain power ``b ** scale``; smaller powers pull buffers toward the reference
+    (in log space), so tight groups get a little more room and noisy ones a little less.
+    """
+
+    scale: float = 1.0
+    power: float = 1.0
+    reference: float = 1.0
+
+    @property
+    def identity(self) -> bool:
+        """Whether buffers are served as learned."""
+        return self.scale == 1.0 and self.power == 1.0
+
+    def apply(self, buffer: float) -> float:
+        """The served buffer (never below 1)."""
+        if self.identity or buffer <= 1.0:
+            return max(1.0, buffer)
+        log_buffer = math.log(buffer)
+        shaped = self.scale * self.reference * (log_buffer / self.reference) ** self.power
+        return max(1.0, math.exp(shaped))
+
+
 def _round_up(value: float, step: int) -> int:
     """Round up to a multiple of ``step`` (budgets are allocated in whole blocks)."""
     return math.ceil(value / step - 1e-9) * step
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Draft:
-    """A prediction before its budget is fixed (lets calibration try buffer scales cheaply)."""
+    """A prediction before its budget is fixed (lets calibration try budget policies cheaply).
+
+    Not frozen only because it is built on every estimate (frozen init costs ~1 us); treat it as
+    read-only.
+    """
 
     terms: tuple[BreakdownTerm, ...]
     predicted: int
@@ -427,6 +483,67 @@ class Draft:
     confidence: float
     deliverable_count: int
     model_name: str
+    # The buffer's ingredients, so calibration can try other policies on the same draft.
+    rule_buffer: float = 1.0
+    rule_reason: str = ""
+    group_buffer: float = 0.0  # learned, before the buffer shape; 0 = none
+    group_reason: str = ""
+    group_global: bool = False  # an all-phases buffer only ever raises the rule buffer
+    memory_spread: float = 0.0  # predictive log spread of a repeat; 0 = no memory buffer
+    memory: PhaseMemory | None = None
+
+
+@dataclass(frozen=True)
+class BudgetPolicy:
+    """What turns a draft's prediction into a budget beyond the prediction itself."""
+
+    shape: BufferShape
+    memory_z: float
+    memory_margin: float
+
+
+def select_buffer(
+    rule_buffer: float,
+    rule_reason: str,
+    group_buffer: float,
+    group_reason: str,
+    group_global: bool,
+    memory_spread: float,
+    policy: BudgetPolicy,
+) -> tuple[float, str, bool]:
+    """(buffer, reason, learned): the rule buffer unless a learned one applies (an all-phases one
+    only ever raises it); a repeat's own, tighter spread wins over its group's."""
+    buffer, reason, learned = rule_buffer, rule_reason, False
+    if group_buffer > 0:
+        shaped = policy.shape.apply(group_buffer)
+        if not group_global or shaped > buffer:
+            buffer, reason, learned = shaped, group_reason, True
+    if memory_spread > 0 and policy.memory_z > 0:
+        remembered = max(1.05, math.exp(policy.memory_z * memory_spread))
+        if remembered < buffer:
+            buffer, reason, learned = remembered, "learned spread of repeats of this phase", True
+    return buffer, reason, learned
+
+
+def selected_budget(
+    predicted: int, buffer: float, floor: int, memory_need: int, rounding: int, max_budget: int
+) -> int:
+    """The budget arithmetic of ``TokenModel.finish``: buffered prediction, minimums, rounding, cap."""
+    budget = max(math.ceil(predicted * buffer - 1e-9), floor, memory_need)
+    return min(_round_up(budget, rounding), max(max_budget, predicted))
+
+
+def _redo_buffer(draft: Draft, policy: BudgetPolicy) -> tuple[float, str, bool]:
+    """``select_buffer`` of a draft's ingredients under another policy."""
+    return select_buffer(
+        draft.rule_buffer,
+        draft.rule_reason,
+        draft.group_buffer,
+        draft.group_reason,
+        draft.group_global,
+        draft.memory_spread,
+        policy,
+    )
 
 
 @lru_cache(maxsize=8192)
@@ -442,6 +559,7 @@ class TokenModel:
         self._params = params
         self._memory = {m.fingerprint: m for m in params.phase_memory}
         self._corrections = {(c.category, c.complexity): c for c in params.corrections}
+        self._policy = BudgetPolicy(params.buffer_shape, params.memory_buffer_z, params.memory_margin)
 
     @property
     def version(self) -> str:
@@ -605,13 +723,29 @@ class TokenModel:
         """Estimate one phase. Raises ValueError for an unknown complexity."""
         return self.finish(self.draft(phase))
 
-    def draft(self, phase: PhaseInput) -> Draft:
-        """Everything up to the budget: point prediction, buffer and the minimums that apply."""
+    def draft(self, phase: PhaseInput, history: PhaseMemory | None = None) -> Draft:
+        """Everything up to the budget: point prediction, buffer and the minimums that apply.
+
+        ``history`` (calibration only) stands in for the stored memory of this phase: how a
+        retry is predicted from the attempts before it.
+        """
         p = self._params
         complexity = normalize_complexity(phase.complexity)
         category, items, fingerprint = _analyse(phase)
         terms = self._structural_terms(phase, category, complexity, items)
         raw = max(1, sum(t.tokens for t in terms))
+        if p.count_exponent and items and len(items) != p.count_reference:
+            size = (len(items) / p.count_reference) ** p.count_exponent
+            scaled = max(1, round(raw * size))
+            terms.append(
+                BreakdownTerm(
+                    "calibration_size",
+                    scaled - raw,
+                    f"x{size:.3f} for {len(items)} deliverables (learned elasticity {p.count_exponent:+.3f} "
+                    f"around {p.count_reference:g})",
+                )
+            )
+            raw = scaled
 
         structural_confidence = self._confidence(category, items)
         confidence = structural_confidence
@@ -629,57 +763,46 @@ class TokenModel:
             )
             if level == "group":
                 confidence = round(0.5 * confidence + 0.5 * correction.confidence, 3)
-        memory = self._memory.get(fingerprint) if self._memory else None
-        memory_buffer = 0.0
+        memory = history if history is not None else (self._memory.get(fingerprint) if self._memory else None)
+        memory_spread = 0.0
         if memory is not None and memory.clean_count and memory.clean_median > 0:
             weight = memory.clean_count / (memory.clean_count + p.memory_prior_attempts)
             blended = math.exp(weight * math.log(memory.clean_median) + (1 - weight) * math.log(predicted))
-            remembered = max(1, round(blended))
-            terms.append(
-                BreakdownTerm(
-                    "phase_memory",
-                    remembered - predicted,
-                    f"{memory.clean_count} clean attempt(s) of this exact phase, median {memory.clean_median}",
-                )
+            remembered = max(1, round(blended * p.memory_repeat_factor))
+            detail = (
+                f"{memory.clean_count} clean attempt(s) of this exact phase, median {memory.clean_median}"
             )
+            if p.memory_repeat_factor != 1.0:
+                detail += f", x{p.memory_repeat_factor:.3f} learned for repeats"
+            terms.append(BreakdownTerm("phase_memory", remembered - predicted, detail))
             predicted = remembered
             confidence = max(confidence, round(min(0.95, 0.7 + 0.1 * memory.clean_count), 3))
-            if p.memory_buffer_z > 0 and p.memory_within_sigma > 0:
+            if p.memory_within_sigma > 0:
                 # Posterior predictive spread of a repeat: attempt noise + what is left of the phase effect.
-                spread = math.sqrt(p.memory_within_sigma**2 + (1 - weight) * p.memory_between_sigma**2)
-                memory_buffer = max(1.05, math.exp(p.memory_buffer_z * spread))
+                memory_spread = math.sqrt(p.memory_within_sigma**2 + (1 - weight) * p.memory_between_sigma**2)
         if predicted > p.max_budget:
             terms.append(
                 BreakdownTerm("cap", p.max_budget - predicted, f"prediction capped at {p.max_budget}")
             )
             predicted = p.max_budget
 
-        buffer, reason = self.rule_buffer(category, complexity, structural_confidence, len(items))
+        rule_buffer, rule_reason = self.rule_buffer(category, complexity, structural_confidence, len(items))
         if category not in _PHASE_MODEL_CATEGORIES and p.safety_margin != 1.0:
-            reason = f"{reason} {buffer:g} x safety margin {p.safety_margin:g}"
-            buffer *= p.safety_margin
+            rule_reason = f"{rule_reason} {rule_buffer:g} x safety margin {p.safety_margin:g}"
+            rule_buffer *= p.safety_margin
+        group_buffer, group_reason = 0.0, ""
         if correction is not None and correction.buffer > 0:
-            if level == "global":
-                if correction.buffer > buffer:
-                    buffer, reason = correction.buffer, "learned (all phases)"
-            else:
-                buffer = correction.buffer
-                reason = f"learned for {correction.category}/{correction.complexity}"
-        learned = correction is not None and correction.buffer > 0 and reason.startswith("learned")
-        if 0 < memory_buffer < buffer:
-            buffer, reason, learned = memory_buffer, "learned spread of repeats of this phase", True
-
-        memory_need, memory_detail = 0, ""
-        if memory is not None:
-            memory_need = max(
-                math.ceil(memory.max_exact * p.memory_margin),
-                int(memory.max_lower_bound * p.escalation_factor) + 1 if memory.max_lower_bound else 0,
+            group_buffer = correction.buffer
+            group_reason = (
+                "learned (all phases)"
+                if level == "global"
+                else f"learned for {correction.category}/{correction.complexity}"
             )
-            memory_detail = f"earlier attempts used up to {memory.max_exact} (x{p.memory_margin:g})" + (
-                f" and truncated at {memory.max_lower_bound} (x{p.escalation_factor:g})"
-                if memory.max_lower_bound
-                else ""
-            )
+        policy = self._policy
+        buffer, reason, learned = select_buffer(
+            rule_buffer, rule_reason, group_buffer, group_reason, level == "global", memory_spread, policy
+        )
+        memory_need, memory_detail = self.memory_need(memory, policy.memory_margin)
         return Draft(
             terms=tuple(terms),
             predicted=predicted,
@@ -694,20 +817,74 @@ class TokenModel:
             confidence=confidence,
             deliverable_count=len(items),
             model_name=phase.model.strip() or p.default_model,
+            rule_buffer=rule_buffer,
+            rule_reason=rule_reason,
+            group_buffer=group_buffer,
+            group_reason=group_reason,
+            group_global=level == "global",
+            memory_spread=memory_spread,
+            memory=memory,
         )
 
-    def finish(self, draft: Draft, buffer_scale: float = 1.0) -> Prediction:
-        """Budget from a draft: buffer, floors, rounding, ceiling.
+    @property
+    def policy(self) -> BudgetPolicy:
+        """The stored budget policy: buffer shape, memory buffer z and memory margin."""
+        return self._policy
 
-        ``buffer_scale`` (calibration only) raises learned buffers to that power, as storing
-        ``buffer ** scale`` in the parameters would.
+    def memory_need(self, memory: PhaseMemory | None, margin: float) -> tuple[int, str]:
+        """Minimum budget a phase's own history proves: its largest output and its truncations (P10)."""
+        if memory is None:
+            return 0, ""
+        factor = self._params.escalation_factor
+        need = max(
+            math.ceil(memory.max_exact * margin) if margin > 0 else 0,
+            int(memory.max_lower_bound * factor) + 1 if memory.max_lower_bound else 0,
+        )
+        detail = (f"earlier attempts used up to {memory.max_exact} (x{margin:g})" if margin > 0 else "") + (
+            f"{' and ' if margin > 0 else 'earlier attempts '}truncated at {memory.max_lower_bound} (x{factor:g})"
+            if memory.max_lower_bound
+            else ""
+        )
+        return need, detail
+
+    def budget_for(self, draft: Draft, policy: BudgetPolicy | None = None) -> tuple[int, int]:
+        """(selected_budget, actual_max_tokens) of ``finish`` without the breakdown (cheap).
+
+        Calibration tries many policies on the same held-out drafts; this is the same arithmetic
+        as ``finish``, so what it chooses is what the stored model serves.
         """
         p = self._params
+        if policy is None:
+            buffer, memory_need = draft.buffer, draft.memory_need
+        else:
+            buffer = _redo_buffer(draft, policy)[0]
+            memory_need = self.memory_need(draft.memory, policy.memory_margin)[0]
+        selected = selected_budget(
+            draft.predicted, buffer, draft.floor, memory_need, p.budget_rounding, p.max_budget
+        )
+        return selected, min(selected, output_ceiling(draft.model_name))
+
+    def finish(self, draft: Draft, policy: BudgetPolicy | None = None) -> Prediction:
+        """Budget from a draft: buffer, floors, rounding, ceiling.
+
+        ``policy`` (calibration only) replaces the stored buffer shape / memory policy, as storing
+        it in the parameters would.
+        """
+        p = self._params
+        if policy is not None:
+            buffer, reason, learned = _redo_buffer(draft, policy)
+            memory_need, memory_detail = self.memory_need(draft.memory, policy.memory_margin)
+            draft = replace(
+                draft,
+                buffer=buffer,
+                buffer_reason=reason,
+                buffer_learned=learned,
+                memory_need=memory_need,
+                memory_detail=memory_detail,
+            )
         terms = list(draft.terms)
         predicted = draft.predicted
         buffer = draft.buffer
-        if buffer_scale != 1.0 and draft.buffer_learned:
-            buffer = max(1.0, buffer**buffer_scale)
         buffered = math.ceil(predicted * buffer - 1e-9)
         terms.append(BreakdownTerm("buffer", buffered - predicted, f"x{buffer:.2f} ({draft.buffer_reason})"))
         budget = buffered

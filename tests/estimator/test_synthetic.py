@@ -1,0 +1,96 @@
+"""Synthetic telemetry: both shapes are deterministic, and the legacy shape looks like the legacy export."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections import defaultdict
+
+import pytest
+from autopack_estimator.calibration import TrainingEvent
+from autopack_estimator.features import phase_fingerprint
+from autopack_estimator.model import ModelParameters, TokenModel
+from autopack_estimator.synthetic import SHAPES, synthetic_events
+
+MODEL = TokenModel(ModelParameters.default())
+
+
+def by_phase(events: list[TrainingEvent]) -> dict[str, list[tuple[int, TrainingEvent]]]:
+    attempts: dict[str, list[tuple[int, TrainingEvent]]] = defaultdict(list)
+    for index, event in enumerate(events):
+        attempts[phase_fingerprint(event.phase)].append((index, event))
+    return attempts
+
+
+@pytest.fixture(scope="module")
+def legacy() -> list[TrainingEvent]:
+    return synthetic_events(1500, seed=3, shape="legacy")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_shape_is_deterministic_and_sized(shape: str) -> None:
+    events = synthetic_events(300, seed=5, shape=shape)
+    assert events == synthetic_events(300, seed=5, shape=shape)
+    assert events != synthetic_events(300, seed=6, shape=shape)
+    assert len(events) == 300
+    assert all(e.actual_output_tokens > 0 for e in events)
+    assert synthetic_events(0, shape=shape) == []
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        synthetic_events(10, shape="nope")
+    with pytest.raises(ValueError, match="n"):
+        synthetic_events(-1)
+
+
+def test_legacy_shape_retries_phases_interleaved_in_time(legacy: list[TrainingEvent]) -> None:
+    attempts = by_phase(legacy)
+    retried = [seen for seen in attempts.values() if len(seen) > 1]
+    assert len(retried) / len(attempts) > 0.2
+    assert len(legacy) / len(attempts) > 1.3  # like the sample: phases come back several times
+    interleaved = sum(1 for seen in retried if seen[-1][0] - seen[0][0] >= len(seen) + 3)
+    assert interleaved / len(retried) > 0.5  # other phases run in between
+    late = sum(1 for seen in retried if seen[-1][0] - seen[0][0] > len(legacy) // 10)
+    assert late > 10  # some come back much later (a split by time finds them on both sides)
+
+
+def test_legacy_shape_truncates_at_an_older_estimators_budgets(legacy: list[TrainingEvent]) -> None:
+    truncated = [e for e in legacy if e.truncated]
+    assert 0.03 < len(truncated) / len(legacy) < 0.25
+    assert all(not e.success for e in truncated)
+    assert all(e.actual_output_tokens >= 8192 for e in truncated)  # the old minimum budget
+    ours = sum(1 for e in truncated if e.actual_output_tokens == MODEL.predict(e.phase).actual_max_tokens)
+    assert ours < len(truncated) / 4  # not our default's budgets: the default can miss on them
+    simple = [e for e in synthetic_events(1500, seed=3) if e.truncated]
+    assert all(e.actual_output_tokens == MODEL.predict(e.phase).actual_max_tokens for e in simple)
+
+
+def test_legacy_shape_has_small_failures_and_smaller_retries(legacy: list[TrainingEvent]) -> None:
+    failed = [e for e in legacy if not e.success and not e.truncated]
+    assert len(failed) / len(legacy) > 0.04
+    ratios = []
+    shrunk_after_truncation = 0
+    for seen in by_phase(legacy).values():
+        clean = [e.actual_output_tokens for _, e in seen if e.clean]
+        if clean:
+            ratios += [
+                e.actual_output_tokens / statistics.median(clean)
+                for _, e in seen
+                if not e.success and not e.truncated
+            ]
+        for (_, first), (_, second) in itertools.pairwise(seen):
+            if first.truncated and second.clean and second.actual_output_tokens < first.actual_output_tokens:
+                shrunk_after_truncation += 1
+    assert sum(1 for r in ratios if r < 0.4) > len(ratios) / 4  # many failures stop early
+    assert shrunk_after_truncation > 5  # cumulative deliverables: the retry writes what is missing
+
+
+def test_legacy_shape_has_a_heavier_tail_than_the_simple_one() -> None:
+    def spread(events: list[TrainingEvent]) -> float:
+        logs = sorted(
+            e.actual_output_tokens / MODEL.predict(e.phase).predicted_output_tokens for e in events if e.clean
+        )
+        return logs[int(0.95 * len(logs))] / logs[int(0.05 * len(logs))]
+
+    assert spread(synthetic_events(1500, seed=2, shape="legacy")) > spread(synthetic_events(1500, seed=2))
