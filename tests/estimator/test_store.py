@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -14,11 +15,13 @@ from autopack_estimator.store import (
     MODEL_CANDIDATE,
     MODEL_PROMOTED,
     MODEL_RETIRED,
+    EstimateRecord,
     EventFilter,
     ModelVersionRecord,
     Store,
     TelemetryRecord,
     metadata,
+    new_id,
     utcnow,
 )
 from sqlalchemy import Engine, inspect
@@ -215,3 +218,60 @@ def test_a_batch_of_events_is_all_or_nothing(store: Store) -> None:
     with pytest.raises(Exception):  # noqa: B017 -- any integrity error of the driver
         store.add_events([_event(0), duplicate, duplicate])
     assert store.count_events() == 0
+
+
+def _estimate(**overrides: object) -> EstimateRecord:
+    values: dict[str, object] = {
+        "estimate_id": new_id("est"),
+        "run_id": "run-1",
+        "phase_id": "p1",
+        "description": 'Add the "caf\u00e9" module\\n',
+        "category": "implementation",
+        "complexity": "medium",
+        "deliverables": ("src/caf\u00e9.py", "tests/test_a.py"),
+        "scope_paths": ["src/"],
+        "read_only_context": (),
+        "model": "claude-sonnet-4-5",
+        "deliverable_count": 2,
+        "predicted_output_tokens": 4600,
+        "selected_budget": 7424,
+        "actual_max_tokens": 7424,
+        "confidence": 0.8,
+        "buffer_multiplier": 1.56,
+        "breakdown": [{"name": "base", "tokens": 1200, "detail": 'x1.56 ("P7")'}],
+        "model_version": "default-1",
+        "created_at": datetime(2026, 1, 1, 13, 30, 0, 250, tzinfo=ZoneInfo("Europe/Berlin")),
+    }
+    values.update(overrides)
+    return EstimateRecord(**values)  # type: ignore[arg-type]
+
+
+def test_estimates_round_trip_json_columns_and_utc_time(store: Store) -> None:
+    written = [_estimate(), _estimate(phase_id="p2", created_at=datetime(2026, 1, 1, tzinfo=UTC))]
+    store.add_estimates(written)
+    first = store.get_estimate(written[0].estimate_id)
+    assert first is not None
+    assert first == written[0]._replace(
+        deliverables=["src/caf\u00e9.py", "tests/test_a.py"],
+        read_only_context=[],
+        created_at=datetime(2026, 1, 1, 12, 30, 0, 250, tzinfo=UTC),  # the same instant, in UTC
+    )
+    second = store.get_estimate(written[1].estimate_id)
+    assert second is not None and second.created_at == datetime(2026, 1, 1, tzinfo=UTC)
+    assert store.get_estimate(new_id("est")) is None
+
+
+def test_a_batch_of_estimates_is_all_or_nothing(store: Store) -> None:
+    duplicate = _estimate()
+    with pytest.raises(Exception):  # noqa: B017 -- any integrity error of the driver
+        store.add_estimates([_estimate(), duplicate, duplicate])
+    assert store.count_estimates() == 0
+
+
+def test_new_ids_are_unique_and_sort_by_creation_time() -> None:
+    earlier = [new_id("est") for _ in range(1000)]
+    time.sleep(0.001)
+    later = new_id("est")
+    assert len(set(earlier)) == len(earlier)
+    assert all(len(i) == len(later) and i.startswith("est_") for i in earlier)
+    assert max(earlier) < later  # primary-key indexes grow at their right edge

@@ -99,61 +99,77 @@ class EstimatorServicer(estimator_pb2_grpc.EstimatorServiceServicer):
         deliverables = _paths(request.deliverables, "deliverables")
         scope_paths = _paths(request.scope_paths, "scope_paths")
         read_only_context = _paths(request.read_only_context, "read_only_context")
-        phase = PhaseInput(
-            description=description,
-            category_hint=request.category.strip(),
-            complexity=complexity,
-            deliverables=deliverables,
-            scope_paths=scope_paths,
-            read_only_context=read_only_context,
-            model=request.model.strip(),
-        )
+        model_name = request.model.strip()
         version, model = self._registry.current()
-        prediction = model.predict(phase)
+        prediction = model.predict(
+            PhaseInput(
+                description=description,
+                category_hint=request.category.strip(),
+                complexity=complexity,
+                deliverables=deliverables,
+                scope_paths=scope_paths,
+                read_only_context=read_only_context,
+                model=model_name,
+            )
+        )
+        # One list of plain dicts serves the stored row and the reply (protobuf builds items from dicts).
         breakdown = [
             {"name": term.name, "tokens": int(term.tokens), "detail": term.detail}
             for term in prediction.breakdown
         ]
-        record = EstimateRecord(
-            estimate_id=new_id("est"),
-            run_id=request.run_id.strip(),
-            phase_id=phase_id,
-            description=description,
+        predicted = int(prediction.predicted_output_tokens)
+        budget = int(prediction.selected_budget)
+        actual_max = int(prediction.actual_max_tokens)
+        deliverable_count = int(prediction.deliverable_count)
+        confidence = float(prediction.confidence)
+        buffer_multiplier = float(prediction.buffer_multiplier)
+        estimate_id = new_id("est")
+        self._estimates.add(
+            EstimateRecord(
+                estimate_id=estimate_id,
+                run_id=request.run_id.strip(),
+                phase_id=phase_id,
+                description=description,
+                category=prediction.category,
+                complexity=prediction.complexity,
+                deliverables=deliverables,
+                scope_paths=scope_paths,
+                read_only_context=read_only_context,
+                model=model_name,
+                deliverable_count=deliverable_count,
+                predicted_output_tokens=predicted,
+                selected_budget=budget,
+                actual_max_tokens=actual_max,
+                confidence=confidence,
+                buffer_multiplier=buffer_multiplier,
+                breakdown=breakdown,
+                model_version=version,
+                created_at=utcnow(),
+            )
+        )
+        span = trace.get_current_span()
+        if span.is_recording():  # with tracing off, skip building the attributes at all
+            span.set_attributes(
+                {
+                    "autopack.tokens.predicted": predicted,
+                    "autopack.tokens.selected_budget": budget,
+                    "autopack.tokens.actual_max": actual_max,
+                    "autopack.estimator.category": prediction.category,
+                    "autopack.estimator.model_version": version,
+                }
+            )
+        return estimator_pb2.EstimateResponse(
+            estimate_id=estimate_id,
+            predicted_output_tokens=predicted,
+            selected_budget=budget,
+            actual_max_tokens=actual_max,
             category=prediction.category,
             complexity=prediction.complexity,
-            deliverables=list(deliverables),
-            scope_paths=list(scope_paths),
-            read_only_context=list(read_only_context),
-            model=phase.model,
-            deliverable_count=int(prediction.deliverable_count),
-            predicted_output_tokens=int(prediction.predicted_output_tokens),
-            selected_budget=int(prediction.selected_budget),
-            actual_max_tokens=int(prediction.actual_max_tokens),
-            confidence=float(prediction.confidence),
-            buffer_multiplier=float(prediction.buffer_multiplier),
+            confidence=confidence,
+            buffer_multiplier=buffer_multiplier,
+            deliverable_count=deliverable_count,
+            model_version=version,
             breakdown=breakdown,
-            model_version=version,
-            created_at=utcnow(),
-        )
-        self._estimates.add(record)
-        span = trace.get_current_span()
-        span.set_attribute("autopack.tokens.predicted", record.predicted_output_tokens)
-        span.set_attribute("autopack.tokens.selected_budget", record.selected_budget)
-        span.set_attribute("autopack.tokens.actual_max", record.actual_max_tokens)
-        span.set_attribute("autopack.estimator.category", record.category)
-        span.set_attribute("autopack.estimator.model_version", version)
-        return estimator_pb2.EstimateResponse(
-            estimate_id=record.estimate_id,
-            predicted_output_tokens=record.predicted_output_tokens,
-            selected_budget=record.selected_budget,
-            actual_max_tokens=record.actual_max_tokens,
-            category=record.category,
-            complexity=record.complexity,
-            confidence=record.confidence,
-            buffer_multiplier=record.buffer_multiplier,
-            deliverable_count=record.deliverable_count,
-            model_version=version,
-            breakdown=[estimator_pb2.BreakdownItem(**item) for item in breakdown],
         )
 
     # -- RecordOutcome -------------------------------------------------------------------------
@@ -441,10 +457,9 @@ def _complexity(value: str) -> str:
 
 
 def _paths(values: Sequence[str], field: str) -> tuple[str, ...]:
-    paths = tuple(value.strip() for value in values)
-    for position, path in enumerate(paths, start=1):
-        if not path:
-            raise InvalidArgument(field, f"entry {position} is empty")
+    paths = tuple([value.strip() for value in values])
+    if not all(paths):
+        raise InvalidArgument(field, f"entry {paths.index('') + 1} is empty")
     return paths
 
 

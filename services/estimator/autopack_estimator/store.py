@@ -1,12 +1,14 @@
 """Persistence of the estimator: estimates, telemetry events, escalations and model versions.
 
 SQLAlchemy 2 typed ORM tables with their own Alembic history (``alembic_version_estimator``).
-Hot paths (estimates, telemetry) use Core inserts on the mapped tables; everything is UTC.
+Telemetry uses Core inserts on the mapped tables, estimates (one per Estimate call) one prepared
+INSERT per batch; everything is UTC.
 Tables carry an ``estimator_`` prefix so the services can share one PostgreSQL database.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -16,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from autopack_common.database import UtcDateTime, as_utc, utcnow
 from sqlalchemy import (
@@ -53,15 +55,21 @@ SOURCE_IMPORT = "import"
 T = TypeVar("T")
 
 
-# Ids need uniqueness, not secrecy: 128 bits from a generator seeded once from the OS avoid a
+# Ids need uniqueness, not secrecy: 64 random bits from a generator seeded once from the OS avoid a
 # getrandom() system call per id, which was a third of the Estimate RPC's own cost.
 _id_bits = random.Random(uuid.uuid4().int)
 os.register_at_fork(after_in_child=lambda: _id_bits.seed(uuid.uuid4().int))  # no shared sequence
 
 
 def new_id(prefix: str) -> str:
-    """Readable, collision-free identifiers: the prefix says what kind of thing it names."""
-    return f"{prefix}_{_id_bits.getrandbits(128):032x}"
+    """Readable, collision-free identifiers: the prefix says what kind of thing it names.
+
+    The first 16 hex digits are the creation time in nanoseconds and the last 16 are random (as in
+    a UUIDv7): new ids sort after older ones, so their primary-key index grows at its right edge.
+    Random ids dirtied a different index page per row, so every batch of estimates wrote about a
+    page per estimate: a third of the cost of storing one at 24k rows, growing with the table.
+    """
+    return f"{prefix}_{time.time_ns():016x}{_id_bits.getrandbits(64):016x}"
 
 
 _BigIntId = BigInteger().with_variant(Integer(), "sqlite")
@@ -184,17 +192,22 @@ class ModelVersionRow(Base):
 metadata = Base.metadata
 
 
-@dataclass(frozen=True)
-class EstimateRecord:
+class EstimateRecord(NamedTuple):
+    """One Estimate call as stored (the columns of ``estimator_estimates``).
+
+    A named tuple, not a dataclass: one is built on every Estimate call, and the writer passes a
+    batch to ``executemany`` as positional rows without building a dict per row.
+    """
+
     estimate_id: str
     run_id: str
     phase_id: str
     description: str
     category: str
     complexity: str
-    deliverables: list[str]
-    scope_paths: list[str]
-    read_only_context: list[str]
+    deliverables: Sequence[str]  # JSON arrays: lists when read, any sequence when written
+    scope_paths: Sequence[str]
+    read_only_context: Sequence[str]
     model: str
     deliverable_count: int
     predicted_output_tokens: int
@@ -202,7 +215,7 @@ class EstimateRecord:
     actual_max_tokens: int
     confidence: float
     buffer_multiplier: float
-    breakdown: list[dict[str, Any]]
+    breakdown: Sequence[dict[str, Any]]
     model_version: str
     created_at: datetime
 
@@ -274,13 +287,17 @@ class EventFilter:
     since: datetime | None = None
 
 
+_encode_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+
 def _values(record: Any) -> dict[str, Any]:
     """Column values of a record dataclass (its instance dict: cheap on the hot path)."""
     return dict(record.__dict__)
 
 
 def _record(cls: type[T], row: Any) -> T:
-    return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})  # type: ignore[arg-type]
+    names = getattr(cls, "_fields", None) or [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    return cls(**{name: getattr(row, name) for name in names})
 
 
 class Store:
@@ -288,14 +305,60 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._estimate_insert_cache: tuple[str | None, list[tuple[int, Callable[[Any], Any]]]] | None = None
 
     # -- estimates ---------------------------------------------------------------------------
 
     def add_estimates(self, records: Sequence[EstimateRecord]) -> None:
+        """Insert estimates in one transaction (all or nothing).
+
+        Every Estimate call ends here (through ``EstimateWriter``), so this skips Core's per-row
+        parameter compilation, which cost more than the insert: one prepared INSERT, positional
+        rows, and only the bind processors of the column types that have one (JSON, timestamps).
+        """
         if not records:
             return
+        statement, processors = self._estimate_insert()
+        if statement is None:  # a driver without positional parameters: the general Core path
+            with self.engine.begin() as connection:
+                connection.execute(insert(EstimateRow), [record._asdict() for record in records])
+            return
+        rows = []
+        for record in records:
+            row = list(record)
+            for index, process in processors:
+                row[index] = process(row[index])
+            rows.append(tuple(row))
         with self.engine.begin() as connection:
-            connection.execute(EstimateRow.__table__.insert(), [_values(record) for record in records])
+            connection.exec_driver_sql(statement, rows)
+
+    def _estimate_insert(self) -> tuple[str | None, list[tuple[int, Callable[[Any], Any]]]]:
+        """The INSERT of ``add_estimates`` for this engine's dialect and its bind processors, built once."""
+        if self._estimate_insert_cache is None:
+            dialect = self.engine.dialect
+            table = EstimateRow.__table__
+            columns = [table.c[name] for name in EstimateRecord._fields]  # the record's order
+            placeholder = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(dialect.paramstyle)
+            statement = None
+            if placeholder is not None:
+                quote = dialect.identifier_preparer
+                statement = (
+                    f"INSERT INTO {quote.format_table(table)} "  # type: ignore[arg-type]
+                    f"({', '.join(quote.format_column(column) for column in columns)}) "
+                    f"VALUES ({', '.join([placeholder] * len(columns))})"
+                )
+            processors = []
+            for index, column in enumerate(columns):
+                if isinstance(column.type, JSON):
+                    # JSON text suits both backends (PostgreSQL casts it on insert); one shared
+                    # encoder instead of json.dumps' keyword handling (and psycopg's wrapper) per value.
+                    processors.append((index, _encode_json))
+                    continue
+                process = column.type.dialect_impl(dialect).bind_processor(dialect)
+                if process is not None:
+                    processors.append((index, process))
+            self._estimate_insert_cache = (statement, processors)
+        return self._estimate_insert_cache
 
     def get_estimate(self, estimate_id: str) -> EstimateRecord | None:
         with self.engine.connect() as connection:
@@ -499,8 +562,8 @@ class EstimateWriter:
         self._max_pending = max_pending
         self._pending: dict[str, EstimateRecord] = {}
         self._lock = threading.Lock()
+        self._queued = threading.Condition(self._lock)  # notified when the queue stops being empty
         self._flush_lock = threading.Lock()
-        self._wakeup = threading.Event()
         self._stop = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -515,9 +578,10 @@ class EstimateWriter:
         with self._lock:
             if self._closed:
                 raise RuntimeError("estimate writer is closed")
+            if not self._pending:
+                self._queued.notify()  # only the first of a batch wakes the writer: no per-call signal
             self._pending[record.estimate_id] = record
             backlog = len(self._pending)
-        self._wakeup.set()
         if backlog > self._max_pending:
             self.flush()  # back-pressure: the caller waits (or fails) while the database is slow
 
@@ -561,8 +625,8 @@ class EstimateWriter:
         """Stop the writer after flushing everything queued (graceful shutdown)."""
         with self._lock:
             self._closed = True
+            self._queued.notify_all()
         self._stop.set()
-        self._wakeup.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         try:
@@ -573,19 +637,19 @@ class EstimateWriter:
 
     def _run(self) -> None:
         failures = 0
-        while not self._stop.is_set():
-            self._wakeup.wait()
-            if self._stop.is_set():
-                return  # close() flushes what is left
+        while True:
+            with self._lock:
+                while not self._pending and not self._closed:
+                    self._queued.wait()
+                if self._closed:
+                    return  # close() flushes what is left
             self._stop.wait(self.flush_interval)  # let a batch gather
-            self._wakeup.clear()
             try:
                 self.flush()
                 failures = 0
             except Exception:
                 failures += 1
                 log.warning("could not write estimates (attempt %d); will retry", failures, exc_info=True)
-                self._wakeup.set()
                 self._stop.wait(min(5.0, 0.1 * 2**failures))
 
 
