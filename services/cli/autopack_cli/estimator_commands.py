@@ -21,7 +21,6 @@ import yaml
 from autopack.estimator.v1 import estimator_pb2, estimator_pb2_grpc
 from autopack_common.clients import open_channel
 from google.protobuf import json_format
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -32,10 +31,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from autopack_cli.output import console, errors
+
 T = TypeVar("T")
 
-console = Console()
-err_console = Console(stderr=True)
 
 DEFAULT_TIMEOUT = 60.0
 LONG_TIMEOUT = 600.0
@@ -79,12 +78,12 @@ def _call(action: Callable[[], T]) -> T:
     except grpc.RpcError as error:
         code = error.code().name if hasattr(error, "code") else "UNKNOWN"
         details = error.details() if hasattr(error, "details") else str(error)
-        err_console.print(f"[red]estimator error {code}:[/red] {details}")
+        errors.print(f"[red]estimator error {code}:[/red] {details}")
         raise typer.Exit(1) from None
 
 
 def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}")
+    errors.print(f"[red]error:[/red] {message}")
     return typer.Exit(2)
 
 
@@ -182,7 +181,7 @@ def _progress() -> Progress:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=err_console,
+        console=errors,
         transient=True,
     )
 
@@ -724,7 +723,7 @@ def export(
             file.parent.mkdir(parents=True, exist_ok=True)
             with file.open("w", encoding="utf-8") as handle, _progress() as progress:
                 written = _call(lambda: write_all(handle, progress))
-    err_console.print(f"exported {written} event(s)" + ("" if to_stdout else f" to {file}"))
+    errors.print(f"exported {written} event(s)" + ("" if to_stdout else f" to {file}"))
 
 
 @telemetry_app.command("import")

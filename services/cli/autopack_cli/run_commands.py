@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import typer
 from autopack.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from autopack_common.clients import open_channel
 from autopack_common.settings import service_address
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,13 +22,10 @@ from rich.progress import (
 from rich.table import Table
 from rich.tree import Tree
 
+from autopack_cli.output import console, errors
 from autopack_cli.plans import PlanError, load_plan
 from autopack_cli.stack import StackPaths
 from autopack_cli.traces import SpanRecord, read_spans, run_traces
-
-# Reports are wide; when output is piped (make run, CI logs) do not squeeze them to 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 180)
-errors = Console(stderr=True)
 
 RPC_TIMEOUT = float(os.environ.get("AUTOPACK_RPC_TIMEOUT_SECONDS", "30"))
 TERMINAL_STATES = (orchestrator_pb2.STATE_COMPLETE, orchestrator_pb2.STATE_FAILED)

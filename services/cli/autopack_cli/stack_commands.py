@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 from autopack_common.settings import service_address
-from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from autopack_cli.output import errors
 from autopack_cli.stack import (
     STACK_ORDER,
     StackError,
@@ -18,8 +18,6 @@ from autopack_cli.stack import (
     wait_until_serving,
 )
 
-console = Console(stderr=True)
-
 
 def up(
     timeout: float = typer.Option(180.0, help="Seconds to wait for each service to become healthy."),
@@ -27,7 +25,7 @@ def up(
     """Start all five services locally and wait until each is SERVING."""
     paths = StackPaths.from_env()
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=errors
     ) as progress:
         for service in STACK_ORDER:
             task = progress.add_task(f"{service:<12} {service_address(service)}", total=1)
@@ -43,21 +41,21 @@ def up(
             try:
                 wait_until_serving(service, paths, timeout, on_wait=lambda: progress.refresh())
             except StackError as error:
-                console.print(f"[red]{error}[/red]")
+                errors.print(f"[red]{error}[/red]")
                 for started in STACK_ORDER:
                     stop_service(started, paths)
                 raise typer.Exit(1) from error
             progress.update(
                 task, completed=1, description=f"{service:<12} SERVING on {service_address(service)}"
             )
-    console.print(f"[green]stack up[/green] (state in {paths.root}, logs in {paths.root / 'logs'})")
+    errors.print(f"[green]stack up[/green] (state in {paths.root}, logs in {paths.root / 'logs'})")
 
 
 def down() -> None:
     """Stop the local services gracefully."""
     paths = StackPaths.from_env()
     stopped = [service for service in reversed(STACK_ORDER) if stop_service(service, paths)]
-    console.print(f"stopped: {', '.join(stopped)}" if stopped else "no local services were running")
+    errors.print(f"stopped: {', '.join(stopped)}" if stopped else "no local services were running")
 
 
 def register(app: typer.Typer) -> None:
