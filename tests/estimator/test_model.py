@@ -6,6 +6,7 @@ import itertools
 from dataclasses import replace
 
 import pytest
+from autopack_estimator.calibration import calibrate
 from autopack_estimator.features import PhaseInput, phase_fingerprint
 from autopack_estimator.model import (
     DEFAULT_OUTPUT_CEILING,
@@ -492,3 +493,68 @@ def test_missing_keys_take_defaults_and_bad_parameters_are_refused() -> None:
         ModelParameters.from_json('{"version": "x", "base_tokens": {"implementation": {"low": 1}}}')
     with pytest.raises(ValueError, match="complexity_scale"):
         ModelParameters.from_json('{"version": "x", "complexity_scale": {"low": 1.0}}')
+
+
+# -- memoised predictions --------------------------------------------------------------------------
+
+
+def afresh(model: TokenModel, phase: PhaseInput) -> Prediction:
+    """The prediction computed step by step, bypassing the per-shape memo of ``predict``."""
+    return model.finish(model.draft(phase))
+
+
+@pytest.fixture(scope="module")
+def calibrated_model() -> TokenModel:
+    """A model with learned corrections, buffers and phase memory (what replicas usually serve)."""
+    events = synthetic_events(400, seed=11, shape="legacy")
+    result = calibrate(events, ModelParameters.default(), new_version="memo-test", time_split_fraction=None)
+    return TokenModel(result.candidate)
+
+
+@pytest.mark.parametrize("which", ["default", "calibrated"])
+def test_memoised_predictions_are_the_model_computed_afresh(which: str, calibrated_model: TokenModel) -> None:
+    model = TokenModel(ModelParameters.default()) if which == "default" else calibrated_model
+    phases = [event.phase for event in synthetic_events(600, seed=5, shape="legacy")]
+    phases += [
+        PhaseInput("Write the API reference and examples from scratch", "docs", "medium", ("docs/API.md",)),
+        PhaseInput(
+            "Write the API reference", "docs", "medium", ("docs/API.md",), read_only_context=("a.py",)
+        ),
+        PhaseInput("Update BUILD_HISTORY.md", "", "low", ("BUILD_HISTORY.md", "docs/BUILD_LOG.md")),
+        PhaseInput("Refactor", "", "high", ("src/a/", "src/b.py", "Logging configuration")),
+    ]
+    for phase in phases * 2:  # the second pass is served from the memo
+        assert model.predict(phase) == afresh(model, phase), phase
+
+
+def test_phases_of_one_shape_share_a_prediction_and_doc_signals_split_shapes() -> None:
+    model = TokenModel(ModelParameters.default())
+    first = model.predict(PhaseInput("Add a retry helper", "", "medium", ("src/a/retry.py",)))
+    second = model.predict(PhaseInput("Add a cache", "", "medium", ("src/b/cache.py",)))
+    assert second is first  # same category, complexity, deliverable kinds and model
+    plain = PhaseInput("Document the options", "docs", "medium", ("docs/API_REFERENCE.md",))
+    examples = replace(plain, deliverables=("docs/EXAMPLES.md",))  # same kinds, another signal
+    rich = replace(plain, read_only_context=tuple(f"src/m{i}.py" for i in range(8)))  # better context
+    predictions = [model.predict(phase) for phase in (plain, examples, rich)]
+    assert [p.category for p in predictions] == ["doc_synthesis"] * 3
+    assert len({p.predicted_output_tokens for p in predictions}) == 3
+    assert predictions == [afresh(model, phase) for phase in (plain, examples, rich)]
+
+
+def test_remembered_phases_are_predicted_from_their_own_history(calibrated_model: TokenModel) -> None:
+    remembered = calibrated_model.params.phase_memory
+    assert remembered, "the calibrated fixture should remember retried phases"
+    events = synthetic_events(400, seed=11, shape="legacy")
+    by_fingerprint = {phase_fingerprint(e.phase): e.phase for e in events}
+    phase = by_fingerprint[remembered[0].fingerprint]
+    prediction = calibrated_model.predict(phase)
+    assert "phase_memory" in {t.name for t in prediction.breakdown}
+    assert prediction == afresh(calibrated_model, phase)
+
+
+def test_an_unknown_complexity_is_refused_every_time() -> None:
+    model = TokenModel(ModelParameters.default())
+    phase = code_phase(2, complexity="enormous")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="complexity"):
+            model.predict(phase)

@@ -20,6 +20,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 COMPLEXITIES = ("low", "medium", "high", "maintenance")
 
@@ -183,11 +184,13 @@ def is_known_category(value: str) -> bool:
     return normalize_category(value) in CATEGORIES
 
 
+@lru_cache(maxsize=16384)
 def parse_deliverable(raw: str) -> Deliverable:
     """Sanitise one deliverable: strip verbs and notes, keep the path, classify its kind.
 
     Plans mix paths with prose ("tests/research/unit/ (100+ unit tests)", "Logging configuration");
-    prose keeps kind ``other`` so it still counts as work without pretending to be a file.
+    prose keeps kind ``other`` so it still counts as work without pretending to be a file. Pure and
+    cached: category detection, the doc signals and the model each parse a phase's deliverables.
     """
     text = (raw or "").strip().replace("\\", "/")
     text = _LEADING_VERB.sub("", text)

@@ -55,6 +55,7 @@ from autopack_estimator.features import (
     CONTEXT_QUALITIES,
     DELIVERABLE_KINDS,
     Deliverable,
+    DocFeatures,
     PhaseInput,
     detect_category,
     doc_features,
@@ -109,6 +110,7 @@ _HIGH_RISK_CATEGORIES = frozenset({"implementation", "integration"})
 
 #: Categories estimated by a seed phase model whose prediction already carries the x1.3 margin.
 _PHASE_MODEL_CATEGORIES = frozenset({"doc_synthesis", "doc_sot_update"})
+_MEMO_SIZE = 4096  # memoised predictions per model version (see TokenModel.predict)
 
 #: Marker for "any complexity" / "any category" in a group correction.
 ANY = "*"
@@ -546,10 +548,25 @@ def _redo_buffer(draft: Draft, policy: BudgetPolicy) -> tuple[float, str, bool]:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Analysis:
+    """What the model reads off a phase's text: pure, so computed once per distinct phase."""
+
+    category: str
+    items: tuple[Deliverable, ...]
+    fingerprint: str
+    doc: DocFeatures | None  # only for the phase-model categories, the only ones that use it
+    shape: tuple[Any, ...]  # everything the prediction depends on besides complexity, model and memory
+
+
 @lru_cache(maxsize=8192)
-def _analyse(phase: PhaseInput) -> tuple[str, tuple[Deliverable, ...], str]:
-    """Category, sanitised deliverables and fingerprint of a phase (pure, so cached)."""
-    return detect_category(phase), parse_deliverables(phase.deliverables), phase_fingerprint(phase)
+def _analyse(phase: PhaseInput) -> _Analysis:
+    """The analysis of a phase (pure, so cached per distinct phase)."""
+    category = detect_category(phase)
+    items = parse_deliverables(phase.deliverables)
+    doc = doc_features(phase) if category in _PHASE_MODEL_CATEGORIES else None
+    kinds = tuple(sorted((item.kind, item.is_directory, bool(item.path)) for item in items))
+    return _Analysis(category, items, phase_fingerprint(phase), doc, (category, kinds, doc))
 
 
 class TokenModel:
@@ -560,6 +577,7 @@ class TokenModel:
         self._memory = {m.fingerprint: m for m in params.phase_memory}
         self._corrections = {(c.category, c.complexity): c for c in params.corrections}
         self._policy = BudgetPolicy(params.buffer_shape, params.memory_buffer_z, params.memory_margin)
+        self._predictions: dict[tuple[Any, ...], Prediction] = {}
 
     @property
     def version(self) -> str:
@@ -591,14 +609,14 @@ class TokenModel:
         return self._params.rank_weights[-1][1]
 
     def _structural_terms(
-        self, phase: PhaseInput, category: str, complexity: str, items: tuple[Deliverable, ...]
+        self, analysis: _Analysis, category: str, complexity: str, items: tuple[Deliverable, ...]
     ) -> list[BreakdownTerm]:
         """Additive terms of the uncalibrated median prediction."""
         p = self._params
-        if category == "doc_synthesis":
-            return self._doc_synthesis_terms(phase, items)
-        if category == "doc_sot_update":
-            return self._sot_terms(phase, items)
+        if analysis.doc is not None and category == "doc_synthesis":
+            return self._doc_synthesis_terms(analysis.doc, items)
+        if analysis.doc is not None and category == "doc_sot_update":
+            return self._sot_terms(analysis.doc, items)
         base_table = p.base_tokens.get(category) or p.base_tokens["implementation"]
         terms = [BreakdownTerm("base", int(base_table[complexity]), f"{category}/{complexity} fixed output")]
         if not items:
@@ -628,10 +646,9 @@ class TokenModel:
                 )
         return terms
 
-    def _doc_synthesis_terms(self, phase: PhaseInput, items: tuple[Deliverable, ...]) -> list[BreakdownTerm]:
+    def _doc_synthesis_terms(self, feats: DocFeatures, items: tuple[Deliverable, ...]) -> list[BreakdownTerm]:
         """Seeds' DOC_SYNTHESIS additive phase model."""
         p = self._params
-        feats = doc_features(phase)
         n = max(1, len(items))
         writing = p.doc_synthesis_writing_tokens * n
         terms = [
@@ -660,10 +677,10 @@ class TokenModel:
             )
         return self._with_margin(terms)
 
-    def _sot_terms(self, phase: PhaseInput, items: tuple[Deliverable, ...]) -> list[BreakdownTerm]:
+    def _sot_terms(self, feats: DocFeatures, items: tuple[Deliverable, ...]) -> list[BreakdownTerm]:
         """Seeds' SOT-ledger model: context reconstruction + entries + consistency."""
         p = self._params
-        quality = doc_features(phase).context_quality
+        quality = feats.context_quality
         entries = max(1, len(items))
         write = p.sot_entry_tokens * entries
         terms = [
@@ -720,8 +737,23 @@ class TokenModel:
         return int(table[complexity])
 
     def predict(self, phase: PhaseInput) -> Prediction:
-        """Estimate one phase. Raises ValueError for an unknown complexity."""
-        return self.finish(self.draft(phase))
+        """Estimate one phase. Raises ValueError for an unknown complexity.
+
+        A prediction depends on the phase's text only through its analysis (category, the kinds
+        of its deliverables, the doc signals) unless this model remembers the phase itself, so
+        phases of the same shape share one memoised prediction: most estimates skip the model.
+        """
+        analysis = _analyse(phase)
+        if self._memory and analysis.fingerprint in self._memory:
+            return self.finish(self.draft(phase))
+        key = (analysis.shape, phase.complexity, phase.model)
+        prediction = self._predictions.get(key)
+        if prediction is None:
+            prediction = self.finish(self.draft(phase))
+            if len(self._predictions) >= _MEMO_SIZE:
+                self._predictions.clear()  # shapes are few; a workload that cycles through more just recomputes
+            self._predictions[key] = prediction
+        return prediction
 
     def draft(self, phase: PhaseInput, history: PhaseMemory | None = None) -> Draft:
         """Everything up to the budget: point prediction, buffer and the minimums that apply.
@@ -731,8 +763,9 @@ class TokenModel:
         """
         p = self._params
         complexity = normalize_complexity(phase.complexity)
-        category, items, fingerprint = _analyse(phase)
-        terms = self._structural_terms(phase, category, complexity, items)
+        analysis = _analyse(phase)
+        category, items, fingerprint = analysis.category, analysis.items, analysis.fingerprint
+        terms = self._structural_terms(analysis, category, complexity, items)
         raw = max(1, sum(t.tokens for t in terms))
         if p.count_exponent and items and len(items) != p.count_reference:
             size = (len(items) / p.count_reference) ** p.count_exponent
