@@ -8,7 +8,6 @@ Tables carry an ``estimator_`` prefix so the services can share one PostgreSQL d
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
+import orjson
 from autopack_common.database import UtcDateTime, as_utc, utcnow
 from sqlalchemy import (
     JSON,
@@ -287,7 +287,9 @@ class EventFilter:
     since: datetime | None = None
 
 
-_encode_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+def _encode_json(value: Any) -> str:
+    """Compact JSON text of a column value: orjson, ~10x the standard encoder on the estimate path."""
+    return orjson.dumps(value).decode()
 
 
 def _values(record: Any) -> dict[str, Any]:
@@ -350,8 +352,8 @@ class Store:
             processors = []
             for index, column in enumerate(columns):
                 if isinstance(column.type, JSON):
-                    # JSON text suits both backends (PostgreSQL casts it on insert); one shared
-                    # encoder instead of json.dumps' keyword handling (and psycopg's wrapper) per value.
+                    # JSON text suits both backends (PostgreSQL casts it on insert); orjson instead of
+                    # json.dumps (four JSON columns cost more than the insert itself) or psycopg's wrapper.
                     processors.append((index, _encode_json))
                     continue
                 process = column.type.dialect_impl(dialect).bind_processor(dialect)
