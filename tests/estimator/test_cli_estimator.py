@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -191,14 +192,27 @@ def test_accuracy_command_prints_the_breakdowns(cli, estimator, legacy_sample: P
 
 
 def test_errors_are_one_line_with_the_status_and_field(cli) -> None:  # type: ignore[no-untyped-def]
+    # A wrong request exits 2, like wrong command-line input; anything else exits 1.
     code, output = cli("estimate", "-d", "Add it", "--complexity", "extreme")
-    assert code == 1 and "INVALID_ARGUMENT" in output and "complexity:" in output
+    assert code == 2 and "INVALID_ARGUMENT" in output and "complexity:" in output
     code, output = cli("calibrate", "--promote", "cal-missing")
-    assert code == 1 and "NOT_FOUND" in output and "version:" in output
+    assert code == 2 and "NOT_FOUND" in output and "version:" in output
     code, output = cli("estimate")
     assert code == 2 and "--description" in output
     code, output = cli("calibrate", "--png", "x.png")  # nothing recorded yet
     assert code == 1 and "FAILED_PRECONDITION" in output
+    assert "Traceback" not in output
+
+
+def test_an_unreachable_estimator_is_named_with_its_address(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    result = CliRunner().invoke(
+        app, ["estimator", "models", "--address", address, "--timeout", "2"], env={"COLUMNS": "220"}
+    )
+    assert result.exit_code == 1, result.output
+    assert f"UNAVAILABLE: the estimator at {address} is not reachable" in " ".join(result.output.split())
 
 
 def test_smape_by_category_uses_category_level_groups() -> None:

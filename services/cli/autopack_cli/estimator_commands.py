@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import grpc
 import typer
@@ -31,10 +31,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from autopack_cli.output import console, errors
-
-T = TypeVar("T")
-
+from autopack_cli.output import console, errors, rpc_failure
 
 DEFAULT_TIMEOUT = 60.0
 LONG_TIMEOUT = 600.0
@@ -64,22 +61,14 @@ def register(app: typer.Typer) -> None:
 
 @contextmanager
 def _stub(address: str | None) -> Iterator[estimator_pb2_grpc.EstimatorServiceStub]:
+    """A stub for the block; a call that fails inside it is reported and ends the command."""
     channel = open_channel("estimator", address)
     try:
         yield estimator_pb2_grpc.EstimatorServiceStub(channel)
+    except grpc.RpcError as error:
+        raise rpc_failure(error, "estimator", address) from None
     finally:
         channel.close()
-
-
-def _call(action: Callable[[], T]) -> T:
-    """Run an RPC; a gRPC error becomes a one-line message and exit code 1."""
-    try:
-        return action()
-    except grpc.RpcError as error:
-        code = error.code().name if hasattr(error, "code") else "UNKNOWN"
-        details = error.details() if hasattr(error, "details") else str(error)
-        errors.print(f"[red]estimator error {code}:[/red] {details}")
-        raise typer.Exit(1) from None
 
 
 def _fail(message: str) -> typer.Exit:
@@ -288,9 +277,7 @@ def estimate(
             )
         ]
     with _stub(address) as stub:
-        responses = [
-            _call(lambda request=request: stub.Estimate(request, timeout=timeout)) for request in requests
-        ]
+        responses = [stub.Estimate(request, timeout=timeout) for request in requests]
     if as_json:
         payload = [json_format.MessageToDict(r, preserving_proto_field_name=True) for r in responses]
         console.print_json(json.dumps(payload if len(payload) > 1 else payload[0]))
@@ -369,9 +356,7 @@ def calibrate(
     """Learn a candidate model from telemetry and report it; or promote a version with --promote."""
     with _stub(address) as stub:
         if promote is not None:
-            response = _call(
-                lambda: stub.PromoteModel(estimator_pb2.PromoteModelRequest(version=promote), timeout=timeout)
-            )
+            response = stub.PromoteModel(estimator_pb2.PromoteModelRequest(version=promote), timeout=timeout)
             previous = response.previous_version or "nothing"
             console.print(f"now serving [bold]{response.model.version}[/bold] (was {previous})")
             return
@@ -381,15 +366,13 @@ def calibrate(
         moment = parse_since(since)
         if moment is not None:
             request.since.FromDatetime(moment)
-        response = _call(lambda: stub.Calibrate(request, timeout=timeout))
+        response = stub.Calibrate(request, timeout=timeout)
         telemetry_filter = estimator_pb2.TelemetryFilter()
         if moment is not None:
             telemetry_filter.since.FromDatetime(moment)
-        events = _call(
-            lambda: list(
-                stub.ExportTelemetry(
-                    estimator_pb2.ExportTelemetryRequest(filter=telemetry_filter), timeout=timeout
-                )
+        events = list(
+            stub.ExportTelemetry(
+                estimator_pb2.ExportTelemetryRequest(filter=telemetry_filter), timeout=timeout
             )
         )
     report = response.report
@@ -598,7 +581,7 @@ def replay(
             yield estimator_pb2.ReplayTelemetryRequest(event=event)
 
     with _stub(address) as stub:
-        response = _call(lambda: stub.ReplayTelemetry(requests(), timeout=timeout))
+        response = stub.ReplayTelemetry(requests(), timeout=timeout)
     rejected = source.rejected(response.rejections)
     console.print(
         metrics_table(
@@ -635,7 +618,7 @@ def _model_status(status: int) -> str:
 def models(address: AddressOption = None, timeout: TimeoutOption = DEFAULT_TIMEOUT) -> None:
     """Stored model versions, newest first (promote one with autopack calibrate --promote)."""
     with _stub(address) as stub:
-        response = _call(lambda: stub.ListModels(estimator_pb2.ListModelsRequest(), timeout=timeout))
+        response = stub.ListModels(estimator_pb2.ListModelsRequest(), timeout=timeout)
     table = Table(title=f"Model versions (serving {response.promoted_version})")
     for name in ("version", "status", "created", "promoted", "parent", "summary"):
         table.add_column(name)
@@ -667,7 +650,7 @@ def accuracy(
         filter=_telemetry_filter(category, complexity, model, run_id, since)
     )
     with _stub(address) as stub:
-        response = _call(lambda: stub.GetAccuracy(request, timeout=timeout))
+        response = stub.GetAccuracy(request, timeout=timeout)
     console.print(metrics_table("Overall", [("all events", response.overall)]))
     for title, groups in (
         ("By category", response.by_category),
@@ -698,10 +681,8 @@ def export(
     telemetry_filter = _telemetry_filter(category, complexity, model, run_id, since)
     to_stdout = str(file) == "-"
     with _stub(address) as stub:
-        total = _call(
-            lambda: stub.GetAccuracy(
-                estimator_pb2.GetAccuracyRequest(filter=telemetry_filter), timeout=timeout
-            )
+        total = stub.GetAccuracy(
+            estimator_pb2.GetAccuracyRequest(filter=telemetry_filter), timeout=timeout
         ).overall.events
         stream = stub.ExportTelemetry(
             estimator_pb2.ExportTelemetryRequest(filter=telemetry_filter), timeout=timeout
@@ -718,11 +699,11 @@ def export(
             return written
 
         if to_stdout:
-            written = _call(lambda: write_all(sys.stdout, None))
+            written = write_all(sys.stdout, None)
         else:
             file.parent.mkdir(parents=True, exist_ok=True)
             with file.open("w", encoding="utf-8") as handle, _progress() as progress:
-                written = _call(lambda: write_all(handle, progress))
+                written = write_all(handle, progress)
     errors.print(f"exported {written} event(s)" + ("" if to_stdout else f" to {file}"))
 
 
@@ -742,7 +723,7 @@ def import_(
                 yield event
                 progress.update(task, completed=len(source.line_of) + len(source.errors))
 
-        response = _call(lambda: stub.ImportTelemetry(stream(), timeout=timeout))
+        response = stub.ImportTelemetry(stream(), timeout=timeout)
     rejected = source.rejected(response.rejections)
     console.print(f"imported [bold]{response.imported}[/bold] event(s), rejected {len(rejected)}")
     if rejected:

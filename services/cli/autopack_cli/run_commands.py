@@ -10,7 +10,6 @@ import grpc
 import typer
 from autopack.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from autopack_common.clients import open_channel
-from autopack_common.settings import service_address
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,7 +21,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.tree import Tree
 
-from autopack_cli.output import console, errors
+from autopack_cli.output import console, errors, rpc_failure
 from autopack_cli.plans import PlanError, load_plan
 from autopack_cli.stack import StackPaths
 from autopack_cli.traces import SpanRecord, read_spans, run_traces
@@ -53,19 +52,6 @@ def _outcome(value: int) -> str:
 
 def _stub() -> orchestrator_pb2_grpc.OrchestratorServiceStub:
     return orchestrator_pb2_grpc.OrchestratorServiceStub(open_channel("orchestrator"))
-
-
-def _fail_rpc(error: grpc.RpcError) -> typer.Exit:
-    if error.code() == grpc.StatusCode.UNAVAILABLE:
-        errors.print(
-            f"[red]UNAVAILABLE[/red]: the orchestrator at {service_address('orchestrator')} is not reachable "
-            "(start the stack with `autopack up`)"
-        )
-        return typer.Exit(1)
-    errors.print(f"[red]{error.code().name}[/red]: {error.details()}")
-    return typer.Exit(
-        2 if error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND) else 1
-    )
 
 
 def phase_table(run: orchestrator_pb2.Run) -> Table:
@@ -145,7 +131,7 @@ def run(
             _follow(stub, plan)
         final = stub.GetRun(orchestrator_pb2.GetRunRequest(run_id=plan.run_id), timeout=RPC_TIMEOUT).run
     except grpc.RpcError as error:
-        raise _fail_rpc(error) from error
+        raise rpc_failure(error, "orchestrator") from error
     print_report(final)
     if watch and final.state != orchestrator_pb2.STATE_COMPLETE:
         raise typer.Exit(1)
@@ -180,7 +166,7 @@ def status(run_id: str = typer.Argument(..., help="Run id.")) -> None:
     try:
         found = _stub().GetRun(orchestrator_pb2.GetRunRequest(run_id=run_id), timeout=RPC_TIMEOUT).run
     except grpc.RpcError as error:
-        raise _fail_rpc(error) from error
+        raise rpc_failure(error, "orchestrator") from error
     print_report(found)
 
 
