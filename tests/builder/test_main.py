@@ -8,13 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 from autopack.builder.v1 import builder_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from autopack_common.clients import wait_until_serving
 
 SECRET_CONTENT = "def very_private_helper(): return 42\n"
 
@@ -23,22 +22,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _wait_serving(channel: grpc.Channel, process: subprocess.Popen[bytes], deadline: float) -> None:
-    stub = health_pb2_grpc.HealthStub(channel)
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "builder exited during start-up"
-        try:
-            reply = stub.Check(
-                health_pb2.HealthCheckRequest(service="autopack.builder.v1.BuilderService"), timeout=1
-            )
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("builder did not become SERVING")
 
 
 def test_process_serves_replay_and_stops_gracefully(
@@ -60,8 +43,13 @@ def test_process_serves_replay_and_stops_gracefully(
         [sys.executable, "-m", "autopack_builder"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
     )
     try:
+        wait_until_serving(
+            f"127.0.0.1:{port}",
+            "autopack.builder.v1.BuilderService",
+            30,
+            alive=lambda: process.poll() is None,
+        )
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            _wait_serving(channel, process, time.monotonic() + 30)
             response = builder_pb2_grpc.BuilderServiceStub(channel).Build(build_request(), timeout=10)
         assert response.provider == "replay"
         assert [op.path for op in response.operations] == ["examples/telemetry_utils/string_helper.py"]

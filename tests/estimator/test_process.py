@@ -7,19 +7,19 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import grpc
 from autopack.estimator.v1 import estimator_pb2, estimator_pb2_grpc
-from autopack_common.clients import open_channel
+from autopack_common.clients import NotServing, open_channel, wait_until_serving
 from autopack_common.database import create_db_engine
 from autopack_common.server import create_server
 from autopack_estimator.service import open_servicer, service_binding
 from autopack_estimator.store import Store
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+ESTIMATOR = "autopack.estimator.v1.EstimatorService"
 
 
 def _free_port() -> int:
@@ -43,21 +43,11 @@ def test_the_service_process_serves_and_flushes_estimates_on_sigterm(tmp_path) -
         [sys.executable, "-m", "autopack_estimator"], env=env, stderr=subprocess.PIPE, text=True
     )
     try:
+        try:
+            wait_until_serving(address, ESTIMATOR, 30, alive=lambda: process.poll() is None)
+        except NotServing as error:
+            raise AssertionError(process.stderr.read() if process.stderr else "") from error
         channel = open_channel("estimator", address)
-        health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                status = health.Check(
-                    health_pb2.HealthCheckRequest(service="autopack.estimator.v1.EstimatorService"), timeout=1
-                ).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            except grpc.RpcError:
-                pass
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            assert time.monotonic() < deadline, "estimator did not become healthy"
-            time.sleep(0.2)
         stub = estimator_pb2_grpc.EstimatorServiceStub(channel)
         response = stub.Estimate(
             estimator_pb2.EstimateRequest(

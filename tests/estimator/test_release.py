@@ -15,12 +15,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 from autopack.estimator.v1 import estimator_pb2, estimator_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from autopack_common.clients import NotServing, wait_until_serving
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "services" / "estimator" / "Dockerfile"
@@ -103,21 +102,11 @@ def test_the_estimator_installs_alone_and_serves(tmp_path: Path) -> None:
         text=True,
     )
     try:
+        try:
+            wait_until_serving(address, timeout=60, alive=lambda: process.poll() is None)
+        except NotServing as error:
+            raise AssertionError(process.stderr.read() if process.stderr else "") from error
         with grpc.insecure_channel(address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if (
-                        health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                        == health_pb2.HealthCheckResponse.SERVING
-                    ):
-                        break
-                except grpc.RpcError:
-                    pass
-                assert process.poll() is None, process.stderr.read() if process.stderr else ""
-                assert time.monotonic() < deadline, "the installed estimator did not become healthy"
-                time.sleep(0.2)
             response = estimator_pb2_grpc.EstimatorServiceStub(channel).Estimate(
                 estimator_pb2.EstimateRequest(
                     phase_id="p1", description="Add a retry helper", deliverables=["src/app/retry.py"]

@@ -9,13 +9,12 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 import pytest
 from autopack.memory.v1 import memory_pb2, memory_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from autopack_common.clients import NotServing, wait_until_serving
 
 SERVICE = "autopack.memory.v1.MemoryService"
 
@@ -27,20 +26,12 @@ def _free_port() -> int:
 
 
 def _wait_serving(address: str, process: subprocess.Popen, log: Path) -> None:  # type: ignore[type-arg]
-    deadline = time.monotonic() + 90
-    with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise AssertionError(f"memory exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise AssertionError(f"memory did not become SERVING:\n{log.read_text()}")
+    try:
+        wait_until_serving(address, SERVICE, 90, alive=lambda: process.poll() is None)
+    except NotServing as error:
+        raise AssertionError(
+            f"memory did not become SERVING ({process.poll()}):\n{log.read_text()}"
+        ) from error
 
 
 @pytest.mark.parametrize(

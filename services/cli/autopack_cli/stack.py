@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
+from autopack_common.clients import NotServing
+from autopack_common.clients import is_serving as health_check
+from autopack_common.clients import wait_until_serving as wait_for_health
 from autopack_common.settings import address_env_var, service_address
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 # Start order: dependencies of the orchestrator first.
 STACK_ORDER = ("estimator", "builder", "applier", "memory", "orchestrator")
@@ -78,14 +79,7 @@ def service_environment(service: str, paths: StackPaths) -> dict[str, str]:
 
 def is_serving(service: str, timeout: float = 1.0) -> bool:
     """True when the service answers SERVING on its health service."""
-    with grpc.insecure_channel(service_address(service)) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=HEALTH_NAMES[service]), timeout=timeout
-            )
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+    return health_check(service_address(service), HEALTH_NAMES[service], timeout)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -130,16 +124,20 @@ class StackError(RuntimeError):
 def wait_until_serving(
     service: str, paths: StackPaths, timeout: float, on_wait: Callable[[], None] | None = None
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if is_serving(service):
-            return
+    try:
+        wait_for_health(
+            service_address(service),
+            HEALTH_NAMES[service],
+            timeout,
+            alive=lambda: read_pid(paths, service) is not None,
+            on_wait=on_wait,
+        )
+    except NotServing:
         if read_pid(paths, service) is None:
-            raise StackError(f"{service} exited during start-up; see {paths.log_file(service)}")
-        if on_wait:
-            on_wait()
-        time.sleep(0.25)
-    raise StackError(f"{service} not SERVING after {timeout:.0f}s; see {paths.log_file(service)}")
+            raise StackError(f"{service} exited during start-up; see {paths.log_file(service)}") from None
+        raise StackError(
+            f"{service} not SERVING after {timeout:.0f}s; see {paths.log_file(service)}"
+        ) from None
 
 
 def stop_service(service: str, paths: StackPaths, timeout: float = 20.0) -> bool:

@@ -7,8 +7,11 @@ restarting is retried transparently; every call still passes a deadline.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from autopack_common.server import MAX_MESSAGE_BYTES
 from autopack_common.settings import service_address
@@ -44,3 +47,44 @@ CHANNEL_OPTIONS: tuple[tuple[str, object], ...] = (
 def open_channel(service: str, address: str | None = None) -> grpc.Channel:
     """A traced channel to ``service`` at ``address`` or ``AUTOPACK_<SVC>_ADDR``."""
     return traced_channel(address or service_address(service), CHANNEL_OPTIONS)
+
+
+class NotServing(RuntimeError):
+    """A service did not come up: its process ended or the deadline passed first."""
+
+
+def is_serving(address: str, service: str = "", timeout: float = 1.0) -> bool:
+    """Whether ``address`` answers SERVING for ``service`` ("" = the whole server) right now."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def wait_until_serving(
+    address: str,
+    service: str = "",
+    timeout: float = 30.0,
+    alive: Callable[[], bool] | None = None,
+    on_wait: Callable[[], None] | None = None,
+) -> None:
+    """Block until ``address`` is SERVING (the health protocol: what a readiness probe asks).
+
+    Raises NotServing when ``alive()`` says the process has ended (no point waiting for the
+    deadline) or after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if is_serving(address, service):
+            return
+        if alive is not None and not alive():
+            raise NotServing(f"{service or address} ended before it was SERVING")
+        if time.monotonic() >= deadline:
+            raise NotServing(f"{service or address} not SERVING after {timeout:g}s")
+        if on_wait is not None:
+            on_wait()
+        time.sleep(0.2)
