@@ -608,14 +608,13 @@ class TokenModel:
                 return weight
         return self._params.rank_weights[-1][1]
 
-    def _structural_terms(
-        self, analysis: _Analysis, category: str, complexity: str, items: tuple[Deliverable, ...]
-    ) -> list[BreakdownTerm]:
+    def _structural_terms(self, analysis: _Analysis, complexity: str) -> list[BreakdownTerm]:
         """Additive terms of the uncalibrated median prediction."""
         p = self._params
-        if analysis.doc is not None and category == "doc_synthesis":
-            return self._doc_synthesis_terms(analysis.doc, items)
-        if analysis.doc is not None and category == "doc_sot_update":
+        category, items = analysis.category, analysis.items
+        if analysis.doc is not None:  # exactly the phase-model categories
+            if category == "doc_synthesis":
+                return self._doc_synthesis_terms(analysis.doc, items)
             return self._sot_terms(analysis.doc, items)
         base_table = p.base_tokens.get(category) or p.base_tokens["implementation"]
         terms = [BreakdownTerm("base", int(base_table[complexity]), f"{category}/{complexity} fixed output")]
@@ -765,7 +764,7 @@ class TokenModel:
         complexity = normalize_complexity(phase.complexity)
         analysis = _analyse(phase)
         category, items, fingerprint = analysis.category, analysis.items, analysis.fingerprint
-        terms = self._structural_terms(analysis, category, complexity, items)
+        terms = self._structural_terms(analysis, complexity)
         raw = max(1, sum(t.tokens for t in terms))
         if p.count_exponent and items and len(items) != p.count_reference:
             size = (len(items) / p.count_reference) ** p.count_exponent
