@@ -27,7 +27,6 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -295,36 +294,11 @@ BAR_SMAPE, BAR_MISS, BAR_WASTE = 30.0, 0.02, 3.0
 
 def write_synthetic_telemetry(path: Path, n: int, seed: int, shape: str = "simple") -> None:
     """Synthetic telemetry as an NDJSON export, oldest first (recorded predictions: the default model)."""
-    from autopack_estimator.model import ModelParameters, TokenModel
-    from autopack_estimator.synthetic import synthetic_events
+    from autopack_estimator.synthetic import synthetic_telemetry
     from autopack_estimator.telemetry_io import write_ndjson
 
-    model = TokenModel(ModelParameters.default())
-    start = datetime(2026, 1, 1, tzinfo=UTC)
-    events = []
-    for index, training in enumerate(synthetic_events(n, seed, shape=shape)):
-        prediction = model.predict(training.phase)
-        event = estimator_pb2.TelemetryEvent(
-            run_id=f"synthetic-{shape}-{seed}",
-            phase_id=f"phase-{index}",
-            category=prediction.category,
-            complexity=prediction.complexity,
-            deliverable_count=prediction.deliverable_count,
-            deliverables=list(training.phase.deliverables),
-            description=training.phase.description,
-            predicted_output_tokens=prediction.predicted_output_tokens,
-            actual_output_tokens=training.actual_output_tokens,
-            selected_budget=prediction.selected_budget,
-            actual_max_tokens=prediction.actual_max_tokens,
-            success=training.success,
-            truncated=training.truncated,
-            stop_reason="max_tokens" if training.truncated else "end_turn",
-            model=training.phase.model or "claude-sonnet-4-5",
-        )
-        event.timestamp.FromDatetime(start + timedelta(minutes=index))
-        events.append(event)
     with path.open("w", encoding="utf-8") as handle:
-        write_ndjson(events, handle)
+        write_ndjson(synthetic_telemetry(n, seed, shape=shape), handle)
 
 
 def _metric_cells(metrics: Any) -> list[str]:

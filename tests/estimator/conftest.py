@@ -13,6 +13,7 @@ from autopack.estimator.v1 import estimator_pb2, estimator_pb2_grpc
 from autopack_common.server import RunningServer, create_server
 from autopack_estimator.service import EstimatorServicer, open_servicer, service_binding
 from autopack_estimator.store import Store
+from autopack_estimator.synthetic import synthetic_telemetry
 from sqlalchemy import Engine
 
 # 18 real TokenEstimationV2 events exported from the original system (December 2025).
@@ -109,39 +110,6 @@ def make_event() -> Callable[..., estimator_pb2.TelemetryEvent]:
 def legacy_sample() -> Path:
     """The legacy TokenEstimationV2 export used as import/export test data."""
     return LEGACY_SAMPLE
-
-
-def synthetic_telemetry(n: int, seed: int = 0) -> list[estimator_pb2.TelemetryEvent]:
-    """Realistic telemetry (synthetic.synthetic_events) as recorded under the default model."""
-    from autopack_estimator.model import ModelParameters, TokenModel
-    from autopack_estimator.synthetic import synthetic_events
-
-    model = TokenModel(ModelParameters.default())
-    events = []
-    start = datetime(2026, 1, 1, tzinfo=UTC)
-    for index, training in enumerate(synthetic_events(n, seed)):
-        phase = training.phase
-        prediction = model.predict(phase)
-        event = estimator_pb2.TelemetryEvent(
-            run_id=f"synthetic-{seed}",
-            phase_id=f"phase-{index}",
-            category=prediction.category,
-            complexity=prediction.complexity,
-            deliverable_count=prediction.deliverable_count,
-            deliverables=list(phase.deliverables),
-            description=phase.description,
-            predicted_output_tokens=prediction.predicted_output_tokens,
-            actual_output_tokens=training.actual_output_tokens,
-            selected_budget=prediction.selected_budget,
-            actual_max_tokens=prediction.actual_max_tokens,
-            success=training.success,
-            truncated=training.truncated,
-            stop_reason="max_tokens" if training.truncated else "end_turn",
-            model=phase.model or "claude-sonnet-4-5",
-        )
-        event.timestamp.FromDatetime(start + timedelta(minutes=index))
-        events.append(event)
-    return events
 
 
 @pytest.fixture

@@ -37,6 +37,9 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from autopack.estimator.v1 import estimator_pb2
 
 from autopack_estimator.calibration import TrainingEvent
 from autopack_estimator.features import CATEGORIES, COMPLEXITIES, PhaseInput
@@ -191,6 +194,42 @@ def synthetic_events(
         retry_rate=default_retry if retry_rate is None else retry_rate,
         base=base,
     )
+
+
+def synthetic_telemetry(
+    n: int, seed: int = 0, *, shape: str = "simple"
+) -> list[estimator_pb2.TelemetryEvent]:
+    """``synthetic_events`` as telemetry recorded under the default model, a minute apart, oldest first.
+
+    What an export of such runs would hold: the stored predictions and budgets are the default
+    model's (calibration re-predicts them anyway), truncated attempts stopped at ``max_tokens``.
+    """
+    model = TokenModel(ModelParameters.default())
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    events = []
+    for index, training in enumerate(synthetic_events(n, seed, shape=shape)):
+        phase = training.phase
+        prediction = model.predict(phase)
+        event = estimator_pb2.TelemetryEvent(
+            run_id=f"synthetic-{shape}-{seed}",
+            phase_id=f"phase-{index}",
+            category=prediction.category,
+            complexity=prediction.complexity,
+            deliverable_count=prediction.deliverable_count,
+            deliverables=list(phase.deliverables),
+            description=phase.description,
+            predicted_output_tokens=prediction.predicted_output_tokens,
+            actual_output_tokens=training.actual_output_tokens,
+            selected_budget=prediction.selected_budget,
+            actual_max_tokens=prediction.actual_max_tokens,
+            success=training.success,
+            truncated=training.truncated,
+            stop_reason="max_tokens" if training.truncated else "end_turn",
+            model=phase.model or "claude-sonnet-4-5",
+        )
+        event.timestamp.FromDatetime(start + timedelta(minutes=index))
+        events.append(event)
+    return events
 
 
 def _simple_events(
