@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from autopack_estimator.calibration import TrainingEvent, calibrate, evaluate
 from autopack_estimator.features import PhaseInput, normalize_category, normalize_complexity
 from autopack_estimator.metrics import Outcome, accuracy, accuracy_by, deliverable_bucket, smape, waste_ratio
-from autopack_estimator.model import TokenModel
+from autopack_estimator.model import Prediction, TokenModel
 from autopack_estimator.registry import ModelRegistry, UnknownModelVersion
 from autopack_estimator.store import (
     MODEL_CANDIDATE,
@@ -54,6 +54,7 @@ TRUNCATING_STOP_REASONS = frozenset({"max_tokens", "length", "max_output_tokens"
 DEFAULT_MIN_SAMPLES = 5
 DEFAULT_MIN_CONFIDENCE = 0.7
 IMPORT_BATCH_SIZE = 500
+_REPLY_CACHE_SIZE = 4096  # replies of memoised predictions (see EstimatorServicer._reply_parts)
 
 _ESCALATION_REASONS = {
     estimator_pb2.ESCALATION_REASON_TRUNCATED: "truncated",
@@ -75,6 +76,9 @@ class EstimatorServicer(estimator_pb2_grpc.EstimatorServiceServicer):
         self._store = store
         self._registry = registry
         self._estimates = EstimateWriter(store, estimate_flush_seconds)
+        self._replies: dict[
+            int, tuple[Prediction, str, list[dict[str, Any]], estimator_pb2.EstimateResponse]
+        ] = {}
 
     @property
     def store(self) -> Store:
@@ -112,17 +116,7 @@ class EstimatorServicer(estimator_pb2_grpc.EstimatorServiceServicer):
                 model=model_name,
             )
         )
-        # One list of plain dicts serves the stored row and the reply (protobuf builds items from dicts).
-        breakdown = [
-            {"name": term.name, "tokens": int(term.tokens), "detail": term.detail}
-            for term in prediction.breakdown
-        ]
-        predicted = int(prediction.predicted_output_tokens)
-        budget = int(prediction.selected_budget)
-        actual_max = int(prediction.actual_max_tokens)
-        deliverable_count = int(prediction.deliverable_count)
-        confidence = float(prediction.confidence)
-        buffer_multiplier = float(prediction.buffer_multiplier)
+        breakdown, template = self._reply_parts(prediction, version)
         estimate_id = new_id("est")
         self._estimates.add(
             EstimateRecord(
@@ -130,18 +124,18 @@ class EstimatorServicer(estimator_pb2_grpc.EstimatorServiceServicer):
                 run_id=request.run_id.strip(),
                 phase_id=phase_id,
                 description=description,
-                category=prediction.category,
-                complexity=prediction.complexity,
+                category=template.category,
+                complexity=template.complexity,
                 deliverables=deliverables,
                 scope_paths=scope_paths,
                 read_only_context=read_only_context,
                 model=model_name,
-                deliverable_count=deliverable_count,
-                predicted_output_tokens=predicted,
-                selected_budget=budget,
-                actual_max_tokens=actual_max,
-                confidence=confidence,
-                buffer_multiplier=buffer_multiplier,
+                deliverable_count=template.deliverable_count,
+                predicted_output_tokens=template.predicted_output_tokens,
+                selected_budget=template.selected_budget,
+                actual_max_tokens=template.actual_max_tokens,
+                confidence=template.confidence,
+                buffer_multiplier=template.buffer_multiplier,
                 breakdown=breakdown,
                 model_version=version,
                 created_at=utcnow(),
@@ -151,26 +145,50 @@ class EstimatorServicer(estimator_pb2_grpc.EstimatorServiceServicer):
         if span.is_recording():  # with tracing off, skip building the attributes at all
             span.set_attributes(
                 {
-                    "autopack.tokens.predicted": predicted,
-                    "autopack.tokens.selected_budget": budget,
-                    "autopack.tokens.actual_max": actual_max,
-                    "autopack.estimator.category": prediction.category,
+                    "autopack.tokens.predicted": template.predicted_output_tokens,
+                    "autopack.tokens.selected_budget": template.selected_budget,
+                    "autopack.tokens.actual_max": template.actual_max_tokens,
+                    "autopack.estimator.category": template.category,
                     "autopack.estimator.model_version": version,
                 }
             )
-        return estimator_pb2.EstimateResponse(
-            estimate_id=estimate_id,
-            predicted_output_tokens=predicted,
-            selected_budget=budget,
-            actual_max_tokens=actual_max,
-            category=prediction.category,
-            complexity=prediction.complexity,
-            confidence=confidence,
-            buffer_multiplier=buffer_multiplier,
-            deliverable_count=deliverable_count,
-            model_version=version,
-            breakdown=breakdown,
-        )
+        response = estimator_pb2.EstimateResponse()
+        response.CopyFrom(template)
+        response.estimate_id = estimate_id
+        return response
+
+    def _reply_parts(
+        self, prediction: Prediction, version: str
+    ) -> tuple[list[dict[str, Any]], estimator_pb2.EstimateResponse]:
+        """The stored breakdown and the reply without its estimate_id, built once per prediction.
+
+        The model hands back the same memoised prediction for every phase of one shape, so the
+        reply is copied from a template rather than rebuilt term by term; the entry holds the
+        prediction itself, so an id is never reused while its entry lives.
+        """
+        entry = self._replies.get(id(prediction))
+        if entry is None or entry[0] is not prediction or entry[1] != version:
+            breakdown = [
+                {"name": term.name, "tokens": int(term.tokens), "detail": term.detail}
+                for term in prediction.breakdown
+            ]
+            template = estimator_pb2.EstimateResponse(
+                predicted_output_tokens=int(prediction.predicted_output_tokens),
+                selected_budget=int(prediction.selected_budget),
+                actual_max_tokens=int(prediction.actual_max_tokens),
+                category=prediction.category,
+                complexity=prediction.complexity,
+                confidence=float(prediction.confidence),
+                buffer_multiplier=float(prediction.buffer_multiplier),
+                deliverable_count=int(prediction.deliverable_count),
+                model_version=version,
+                breakdown=breakdown,
+            )
+            entry = (prediction, version, breakdown, template)
+            if len(self._replies) >= _REPLY_CACHE_SIZE:
+                self._replies.clear()
+            self._replies[id(prediction)] = entry
+        return entry[2], entry[3]
 
     # -- RecordOutcome -------------------------------------------------------------------------
 
