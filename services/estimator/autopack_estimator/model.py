@@ -459,7 +459,7 @@ class BufferShape:
         return max(1.0, math.exp(shaped))
 
 
-def _round_up(value: float, step: int) -> int:
+def round_up(value: float, step: int) -> int:
     """Round up to a multiple of ``step`` (budgets are allocated in whole blocks)."""
     return math.ceil(value / step - 1e-9) * step
 
@@ -532,7 +532,7 @@ def selected_budget(
 ) -> int:
     """The budget arithmetic of ``TokenModel.finish``: buffered prediction, minimums, rounding, cap."""
     budget = max(math.ceil(predicted * buffer - 1e-9), floor, memory_need)
-    return min(_round_up(budget, rounding), max(max_budget, predicted))
+    return min(round_up(budget, rounding), max(max_budget, predicted))
 
 
 def _redo_buffer(draft: Draft, policy: BudgetPolicy) -> tuple[float, str, bool]:
@@ -930,7 +930,7 @@ class TokenModel:
         if draft.memory_need > budget:
             terms.append(BreakdownTerm("phase_memory_floor", draft.memory_need - budget, draft.memory_detail))
             budget = draft.memory_need
-        rounded = min(_round_up(budget, p.budget_rounding), max(p.max_budget, predicted))
+        rounded = min(round_up(budget, p.budget_rounding), max(p.max_budget, predicted))
         if rounded != budget:
             terms.append(
                 BreakdownTerm("rounding", rounded - budget, f"up to a multiple of {p.budget_rounding}")

@@ -43,7 +43,7 @@ from autopack.estimator.v1 import estimator_pb2
 
 from autopack_estimator.calibration import TrainingEvent
 from autopack_estimator.features import CATEGORIES, COMPLEXITIES, PhaseInput
-from autopack_estimator.model import ModelParameters, TokenModel
+from autopack_estimator.model import ModelParameters, TokenModel, round_up
 
 #: Shapes ``synthetic_events`` can generate.
 SHAPES = ("simple", "legacy")
@@ -295,6 +295,7 @@ def _simple_events(
 #: Old estimator: its prediction scattered this much (log) around the truth (the sample: x0.3-x1.6).
 _OLD_PREDICTION_SIGMA = 0.55
 _OLD_BUFFER = 1.2
+_OLD_BUDGET_STEP = 256
 _OLD_MIN_BUDGET = 8192
 _OLD_CLIENT_FLOOR = 16384
 _OLD_CEILING = 64000
@@ -306,10 +307,6 @@ _MAX_ATTEMPTS = 5
 #: Retry probability after a truncation / a failure (a success uses ``retry_rate``).
 _RETRY_AFTER_TRUNCATION = 0.85
 _RETRY_AFTER_FAILURE = 0.7
-
-
-def _round_up(value: float, step: int = 256) -> int:
-    return math.ceil(value / step) * step
 
 
 def _legacy_events(
@@ -349,7 +346,7 @@ def _legacy_events(
         spread = _HEAVY_TAIL_SIGMA if rng.random() < _HEAVY_TAIL_RATE else phase_sigma
         need *= math.exp(rng.gauss(0.0, spread))
         old_prediction = need * math.exp(rng.gauss(0.0, _OLD_PREDICTION_SIGMA))
-        sent = max(_OLD_MIN_BUDGET, _round_up(old_prediction * _OLD_BUFFER))
+        sent = max(_OLD_MIN_BUDGET, round_up(old_prediction * _OLD_BUFFER, _OLD_BUDGET_STEP))
         if rng.random() < 0.3:
             sent = max(sent, _OLD_CLIENT_FLOOR)
         sent = min(sent, _OLD_CEILING)
