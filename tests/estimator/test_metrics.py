@@ -47,9 +47,9 @@ def test_smape_by_hand() -> None:
 
 
 def test_waste_uses_the_ceiling_sent_else_the_selected_budget() -> None:
-    assert waste_ratio(outcome(100, 1000, 4096)) == pytest.approx(4.096)
-    assert waste_ratio(outcome(100, 1000, 4096, max_tokens=2048)) == pytest.approx(2.048)
-    assert waste_ratio(outcome(100, 0, 4096)) == 4096.0  # stays finite
+    assert waste_ratio(4096, None, 1000) == pytest.approx(4.096)
+    assert waste_ratio(4096, 2048, 1000) == pytest.approx(2.048)
+    assert waste_ratio(4096, None, 0) == 4096.0  # stays finite
 
 
 @pytest.mark.parametrize(

@@ -59,10 +59,10 @@ def smape(predicted: float, actual: float) -> float:
     return 200.0 * abs(predicted - actual) / denominator
 
 
-def waste_ratio(outcome: Outcome) -> float:
-    """Tokens reserved over tokens used; an actual below 1 counts as 1 to stay finite."""
-    ceiling = outcome.actual_max_tokens if outcome.actual_max_tokens else outcome.selected_budget
-    return ceiling / max(1, outcome.actual_output_tokens)
+def waste_ratio(selected_budget: int, actual_max_tokens: int | None, actual_output_tokens: int) -> float:
+    """Tokens reserved (the ceiling sent, else the budget) over tokens used; an actual below 1 counts as 1."""
+    ceiling = actual_max_tokens if actual_max_tokens else selected_budget
+    return ceiling / max(1, actual_output_tokens)
 
 
 def deliverable_bucket(count: int) -> str:
@@ -101,7 +101,7 @@ def accuracy(outcomes: Sequence[Outcome]) -> AccuracyMetrics:
     total = len(outcomes)
     clean = [o for o in outcomes if o.clean]
     smapes = [smape(o.predicted_output_tokens, o.actual_output_tokens) for o in clean]
-    wastes = [waste_ratio(o) for o in clean]
+    wastes = [waste_ratio(o.selected_budget, o.actual_max_tokens, o.actual_output_tokens) for o in clean]
     return AccuracyMetrics(
         events=total,
         clean_events=len(clean),

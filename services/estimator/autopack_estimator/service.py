@@ -224,7 +224,7 @@ class EstimatorServicer(estimator_pb2_grpc.EstimatorServiceServicer):
             model=request.model.strip() or estimate.model,
             input_tokens=request.input_tokens or None,
             smape=smape(estimate.predicted_output_tokens, request.actual_output_tokens),
-            waste_ratio=_waste(estimate.selected_budget, actual_max, request.actual_output_tokens),
+            waste_ratio=waste_ratio(estimate.selected_budget, actual_max, request.actual_output_tokens),
             timestamp=utcnow(),
             estimate_id=estimate.estimate_id,
             model_version=estimate.model_version,
@@ -549,18 +549,13 @@ def imported_record(event: estimator_pb2.TelemetryEvent) -> TelemetryRecord:
         else smape(event.predicted_output_tokens, event.actual_output_tokens),
         waste_ratio=event.waste_ratio
         if event.HasField("waste_ratio")
-        else _waste(event.selected_budget, actual_max, event.actual_output_tokens),
+        else waste_ratio(event.selected_budget, actual_max, event.actual_output_tokens),
         timestamp=event.timestamp.ToDatetime(tzinfo=UTC) if event.HasField("timestamp") else utcnow(),
         source=SOURCE_IMPORT,
     )
 
 
 # -- conversions -----------------------------------------------------------------------------
-
-
-def _waste(selected_budget: int, actual_max: int | None, actual: int) -> float:
-    """Waste ratio of one event (the ceiling sent, else the budget, over the actual output)."""
-    return waste_ratio(Outcome("", "", 0, 0, actual, selected_budget, actual_max, True, False))
 
 
 def _outcome(event: TelemetryRecord) -> Outcome:
