@@ -43,6 +43,12 @@ AddressOption = Annotated[
     ),
 ]
 TimeoutOption = Annotated[float, typer.Option("--timeout", help="Seconds each call may take.")]
+# The telemetry filter (``_telemetry_filter``), as the commands that read telemetry take it.
+CategoryFilter = Annotated[str, typer.Option("--category", help="Only this category.")]
+ComplexityFilter = Annotated[str, typer.Option("--complexity", help="Only this complexity.")]
+ModelFilter = Annotated[str, typer.Option("--model", help="Only this model.")]
+RunIdFilter = Annotated[str, typer.Option("--run-id", help="Only this run.")]
+SinceFilter = Annotated[str | None, typer.Option("--since", help="Only events since (ISO time or 7d).")]
 
 estimator_app = typer.Typer(help="Inspect and evaluate the estimator's models.", no_args_is_help=True)
 telemetry_app = typer.Typer(help="Move estimator telemetry in and out as NDJSON.", no_args_is_help=True)
@@ -637,11 +643,11 @@ def models(address: AddressOption = None, timeout: TimeoutOption = DEFAULT_TIMEO
 
 @estimator_app.command("accuracy")
 def accuracy(
-    category: Annotated[str, typer.Option(help="Only this category.")] = "",
-    complexity: Annotated[str, typer.Option(help="Only this complexity.")] = "",
-    model: Annotated[str, typer.Option(help="Only this model.")] = "",
-    run_id: Annotated[str, typer.Option("--run-id", help="Only this run.")] = "",
-    since: Annotated[str | None, typer.Option(help="Only events since (ISO time or 7d).")] = None,
+    category: CategoryFilter = "",
+    complexity: ComplexityFilter = "",
+    model: ModelFilter = "",
+    run_id: RunIdFilter = "",
+    since: SinceFilter = None,
     address: AddressOption = None,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> None:
@@ -667,11 +673,11 @@ def accuracy(
 @telemetry_app.command("export")
 def export(
     file: Annotated[Path, typer.Argument(help="NDJSON file to write ('-' = stdout).")],
-    category: Annotated[str, typer.Option(help="Only this category.")] = "",
-    complexity: Annotated[str, typer.Option(help="Only this complexity.")] = "",
-    model: Annotated[str, typer.Option(help="Only this model.")] = "",
-    run_id: Annotated[str, typer.Option("--run-id", help="Only this run.")] = "",
-    since: Annotated[str | None, typer.Option(help="Only events since (ISO time or 7d).")] = None,
+    category: CategoryFilter = "",
+    complexity: ComplexityFilter = "",
+    model: ModelFilter = "",
+    run_id: RunIdFilter = "",
+    since: SinceFilter = None,
     address: AddressOption = None,
     timeout: TimeoutOption = LONG_TIMEOUT,
 ) -> None:
