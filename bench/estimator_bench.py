@@ -344,8 +344,27 @@ def read_training_events(path: Path) -> tuple[list[Any], int]:
     return [training_event(record) for record in records], len(parsed)
 
 
-def accuracy_rows(name: str, path: Path) -> tuple[list[list[str]], list[str]]:
-    """Default vs calibrated on one NDJSON file: k-fold by phase and a 70/30 split by time."""
+def oracle_rows(name: str, n: int, seed: int, shape: str, model_miss_rate: float) -> list[list[str]]:
+    """The best any request-only estimator can do on a synthetic file: the truth, one hindsight buffer.
+
+    Judged at the bar's 2 % misses and at the miss rate the calibrated model reached (k-fold), so
+    the calibrated row can be read against the oracle at equal risk.
+    """
+    from autopack_estimator.synthetic import oracle_accuracy, synthetic_samples
+
+    samples = synthetic_samples(n, seed, shape=shape)
+    rows = []
+    for label, target in (("oracle @ bar misses", BAR_MISS), ("oracle @ calibrated misses", model_miss_rate)):
+        result = oracle_accuracy(samples, target)
+        rows.append([name, f"all, buffer x{result.buffer:.2f}", label, *_metric_cells(result.metrics)])
+    return rows
+
+
+def accuracy_rows(name: str, path: Path) -> tuple[list[list[str]], list[str], float]:
+    """Default vs calibrated on one NDJSON file: k-fold by phase and a 70/30 split by time.
+
+    Also returns the calibrated model's k-fold budget-miss rate (the oracle is judged at it).
+    """
     from autopack_estimator.calibration import calibrate
     from autopack_estimator.model import ModelParameters
 
@@ -383,7 +402,7 @@ def accuracy_rows(name: str, path: Path) -> tuple[list[list[str]], list[str]]:
             ("not all targets", "cross-validated trade-off", "retries judged", "size elasticity")
         )
     ]
-    return rows, notes
+    return rows, notes, report.after.budget_miss_rate
 
 
 def accuracy_section(quick: bool) -> Section:
@@ -395,20 +414,22 @@ def accuracy_section(quick: bool) -> Section:
     n = 600 if quick else 3000
     seeds = (42, 7, 2026)
     with tempfile.TemporaryDirectory(prefix="autopack-bench-") as tmp:
-        files = []
+        files: list[tuple[str, Path, tuple[int, str] | None]] = []
         for shape in ("simple", "legacy"):
             for seed in seeds:
                 path = Path(tmp) / f"synthetic-{shape}-{seed}.ndjson"
                 write_synthetic_telemetry(path, n, seed, shape)
-                files.append((f"{shape} s{seed} ({n})", path))
+                files.append((f"{shape} s{seed} ({n})", path, (seed, shape)))
         if LEGACY_SAMPLE.exists():
-            files.append(("legacy sample (18)", LEGACY_SAMPLE))
+            files.append(("legacy sample (18)", LEGACY_SAMPLE, None))
         extra = os.environ.get("AUTOPACK_BENCH_TELEMETRY")
         if extra:
-            files.append((Path(extra).name, Path(extra)))
-        for name, path in files:
-            rows, notes = accuracy_rows(name, path)
+            files.append((Path(extra).name, Path(extra), None))
+        for name, path, generated in files:
+            rows, notes, model_miss_rate = accuracy_rows(name, path)
             section.rows += rows
+            if generated is not None:
+                section.rows += oracle_rows(name, n, *generated, model_miss_rate)
             section.notes += notes
     section.notes += [
         "k-fold by phase: every attempt of a phase is held out together (how new phases fare); time split: "
@@ -418,6 +439,13 @@ def accuracy_section(quick: bool) -> Section:
         "budgets, a heavy tail (autopack_estimator/synthetic.py lists the assumptions)",
         f"bar = median SMAPE < {BAR_SMAPE:g}%, budget miss <= {BAR_MISS:.0%}, P90 waste <= {BAR_WASTE:g}x at once; "
         "SMAPE, under-estimation and waste on clean events, budget miss on all events",
+        "oracle (synthetic files only): predicts each phase's true feature-level need, which the generator knows "
+        "and telemetry never tells, with the one buffer that meets the miss rate on these very events; no "
+        "estimator reading only the request predicts new phases better, so a target the oracle misses is out "
+        "of reach on that data (retries can beat it: their history shows the phase's own effect)",
+        f"why: with log-normal residuals of spread s, misses <= {BAR_MISS:.0%} need a buffer of exp(2.05 s) and "
+        f"then P90 waste = exp(3.34 s); <= {BAR_WASTE:g}x needs s <= 0.33, i.e. a median SMAPE of the point "
+        "prediction of about 22 % or less, not just under 30 %",
     ]
     return section
 

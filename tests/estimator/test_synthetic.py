@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 from collections import defaultdict
 
@@ -10,7 +11,7 @@ import pytest
 from autopack_estimator.calibration import TrainingEvent
 from autopack_estimator.features import phase_fingerprint
 from autopack_estimator.model import ModelParameters, TokenModel
-from autopack_estimator.synthetic import SHAPES, synthetic_events
+from autopack_estimator.synthetic import SHAPES, oracle_accuracy, synthetic_events, synthetic_samples
 
 MODEL = TokenModel(ModelParameters.default())
 
@@ -94,3 +95,60 @@ def test_legacy_shape_has_a_heavier_tail_than_the_simple_one() -> None:
         return logs[int(0.95 * len(logs))] / logs[int(0.05 * len(logs))]
 
     assert spread(synthetic_events(1500, seed=2, shape="legacy")) > spread(synthetic_events(1500, seed=2))
+
+
+NOISELESS = {"phase_sigma": 0.0, "noise_sigma": 0.0, "outlier_rate": 0.0, "failure_rate": 0.0}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_samples_carry_the_events_that_telemetry_records(shape: str) -> None:
+    samples = synthetic_samples(400, seed=9, shape=shape)
+    assert [sample.event for sample in samples] == synthetic_events(400, seed=9, shape=shape)
+    assert all(sample.need_tokens > 0 for sample in samples)
+
+
+def test_need_is_what_a_phase_of_these_features_writes_without_noise() -> None:
+    simple = [s for s in synthetic_samples(600, seed=4, **NOISELESS) if s.event.clean]
+    assert simple and all(s.event.actual_output_tokens == max(50, round(s.need_tokens)) for s in simple)
+    # legacy: only the heavy-tailed phases (10 %) and partial retries write something else
+    legacy = [s for s in synthetic_samples(1500, seed=4, shape="legacy", **NOISELESS) if s.event.clean]
+    exact = sum(1 for s in legacy if s.event.actual_output_tokens == max(50, round(s.need_tokens)))
+    assert exact / len(legacy) > 0.8
+
+
+def misses_at(samples: list, buffer: float) -> float:
+    over = sum(1 for s in samples if s.event.actual_output_tokens > math.ceil(s.need_tokens * buffer))
+    return over / len(samples)
+
+
+@pytest.mark.parametrize("target", [0.0, 0.02, 0.1])
+def test_the_oracle_takes_the_smallest_buffer_that_meets_the_miss_rate(target: float) -> None:
+    samples = synthetic_samples(1500, seed=8, shape="legacy")
+    result = oracle_accuracy(samples, target)
+    assert result.metrics.budget_miss_rate <= target
+    assert result.metrics.budget_miss_rate == misses_at(samples, result.buffer)
+    assert misses_at(samples, result.buffer * 0.99) > target
+    assert result.metrics.events == len(samples)
+
+
+def test_a_noiseless_oracle_is_exact_and_wastes_nothing() -> None:
+    samples = synthetic_samples(600, seed=4, **NOISELESS)
+    result = oracle_accuracy(samples, 0.0)
+    assert result.buffer == pytest.approx(1.0, abs=1e-3)
+    assert result.metrics.median_smape < 0.1
+    assert result.metrics.waste_p90 == pytest.approx(1.0, abs=0.01)
+
+
+def test_a_wider_spread_costs_the_oracle_more_waste_at_the_same_misses() -> None:
+    tight = oracle_accuracy(synthetic_samples(1500, seed=8, phase_sigma=0.1, noise_sigma=0.1))
+    wide = oracle_accuracy(synthetic_samples(1500, seed=8))
+    assert tight.metrics.waste_p90 < 2.0 < 2.5 < wide.metrics.waste_p90
+
+
+def test_the_oracle_refuses_nothing_to_judge_and_a_bad_miss_rate() -> None:
+    with pytest.raises(ValueError, match="no samples"):
+        oracle_accuracy([])
+    samples = synthetic_samples(10, seed=1)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="target_miss_rate"):
+            oracle_accuracy(samples, bad)

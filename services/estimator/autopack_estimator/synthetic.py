@@ -36,17 +36,87 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from autopack.estimator.v1 import estimator_pb2
 
 from autopack_estimator.calibration import TrainingEvent
 from autopack_estimator.features import CATEGORIES, COMPLEXITIES, PhaseInput
+from autopack_estimator.metrics import AccuracyMetrics, Outcome, accuracy
 from autopack_estimator.model import ModelParameters, TokenModel, round_up
 
 #: Shapes ``synthetic_events`` can generate.
 SHAPES = ("simple", "legacy")
+
+
+@dataclass(frozen=True)
+class SyntheticSample:
+    """A generated event and the truth behind it, which real telemetry never tells.
+
+    ``need_tokens`` is the median output of a phase with these features: the group drift and the
+    deliverable-count misfit are in it, the phase's own effect and the attempt's noise are not.
+    It is the best point prediction any model reading only the request can make.
+    """
+
+    event: TrainingEvent
+    need_tokens: float
+
+
+@dataclass(frozen=True)
+class OracleResult:
+    """How an oracle that predicts ``need_tokens`` exactly fares, with one buffer for every event."""
+
+    buffer: float
+    metrics: AccuracyMetrics
+
+
+def oracle_accuracy(samples: Sequence[SyntheticSample], target_miss_rate: float = 0.02) -> OracleResult:
+    """The oracle with the smallest buffer that keeps budget misses at or under ``target_miss_rate``.
+
+    The buffer is chosen on the very events it is judged on, with no floor, rounding or model
+    ceiling. Nothing that reads only the request predicts better, and the generator's residuals
+    are alike across phases, so one buffer is the natural best: if the oracle's P90 waste is above
+    a target at this miss rate, no estimator can be expected to meet both on new phases (retries
+    can, from the phase's own history). Its spread is the phase effect and attempt noise.
+    """
+    if not samples:
+        raise ValueError("no samples to judge the oracle on")
+    if not 0.0 <= target_miss_rate < 1.0:
+        raise ValueError("target_miss_rate must be in [0, 1)")
+
+    def budget(sample: SyntheticSample, buffer: float) -> int:
+        return max(1, math.ceil(sample.need_tokens * buffer))
+
+    def miss_rate(buffer: float) -> float:
+        misses = sum(1 for s in samples if s.event.actual_output_tokens > budget(s, buffer))
+        return misses / len(samples)
+
+    low, high = 0.0, math.log(1000.0)  # log buffer: x1 may already be enough, x1000 always is
+    for _ in range(40):
+        middle = (low + high) / 2
+        if miss_rate(math.exp(middle)) <= target_miss_rate:
+            high = middle
+        else:
+            low = middle
+    buffer = math.exp(high)
+    outcomes = [
+        Outcome(
+            category="",
+            complexity="",
+            deliverable_count=len(sample.event.phase.deliverables),
+            predicted_output_tokens=max(1, round(sample.need_tokens)),
+            actual_output_tokens=sample.event.actual_output_tokens,
+            selected_budget=budget(sample, buffer),
+            actual_max_tokens=None,
+            success=sample.event.success,
+            truncated=sample.event.truncated,
+        )
+        for sample in samples
+    ]
+    return OracleResult(buffer=buffer, metrics=accuracy(outcomes))
+
 
 #: Hidden per-group drift of the simple generator: how reality differs from the default model.
 SYNTHETIC_DRIFT: Mapping[tuple[str, str], float] = {
@@ -158,7 +228,7 @@ def _synthetic_phase(
     )
 
 
-def synthetic_events(
+def synthetic_samples(
     n: int,
     seed: int = 0,
     *,
@@ -170,8 +240,8 @@ def synthetic_events(
     failure_rate: float = 0.08,
     retry_rate: float | None = None,
     base: ModelParameters | None = None,
-) -> list[TrainingEvent]:
-    """``n`` synthetic events of ``shape`` ("simple" or "legacy"), deterministic for a seed.
+) -> list[SyntheticSample]:
+    """``n`` synthetic events of ``shape`` ("simple" or "legacy") with their truth, deterministic for a seed.
 
     The keyword arguments mean the same in both shapes (see the module docstring for what each
     shape assumes); ``retry_rate`` is the share of phases retried (simple, default 0.2) or re-run
@@ -194,6 +264,11 @@ def synthetic_events(
         retry_rate=default_retry if retry_rate is None else retry_rate,
         base=base,
     )
+
+
+def synthetic_events(n: int, seed: int = 0, **options: Any) -> list[TrainingEvent]:
+    """The events of ``synthetic_samples`` (same arguments) without their truth: what telemetry records."""
+    return [sample.event for sample in synthetic_samples(n, seed, **options)]
 
 
 def synthetic_telemetry(
@@ -243,7 +318,7 @@ def _simple_events(
     failure_rate: float,
     retry_rate: float,
     base: ModelParameters | None,
-) -> list[TrainingEvent]:
+) -> list[SyntheticSample]:
     """The original generator.
 
     Truth = the default model's uncalibrated prediction x a per-group factor (``truth_factors``,
@@ -260,7 +335,7 @@ def _simple_events(
     served = TokenModel(params)
     realistic = truth_factors is None
     factors = SYNTHETIC_DRIFT if truth_factors is None else truth_factors
-    events: list[TrainingEvent] = []
+    events: list[SyntheticSample] = []
     while len(events) < n:
         category = str(_pick(rng, _CATEGORY_WEIGHTS))
         phase = _synthetic_phase(rng, category)
@@ -269,6 +344,7 @@ def _simple_events(
         median = raw.predicted_output_tokens * factors.get((raw.category, raw.complexity), 1.0)
         if realistic:
             median *= max(1, raw.deliverable_count) ** -0.08
+        need = median
         median *= math.exp(rng.gauss(0.0, phase_sigma)) if phase_sigma > 0 else 1.0
         attempts = 1 + (rng.choice((1, 1, 2, 3)) if rng.random() < retry_rate else 0)
         for _ in range(attempts):
@@ -284,9 +360,10 @@ def _simple_events(
             truncated = tokens > budget
             if truncated:
                 tokens, success = budget, False
-            events.append(
-                TrainingEvent(phase=phase, actual_output_tokens=tokens, success=success, truncated=truncated)
+            event = TrainingEvent(
+                phase=phase, actual_output_tokens=tokens, success=success, truncated=truncated
             )
+            events.append(SyntheticSample(event, need))
     return events
 
 
@@ -320,7 +397,7 @@ def _legacy_events(
     failure_rate: float,
     retry_rate: float,
     base: ModelParameters | None,
-) -> list[TrainingEvent]:
+) -> list[SyntheticSample]:
     """Legacy-shaped telemetry (module docstring); ``base`` is the model the truth drifts from."""
     rng = random.Random(seed)
     params = base or ModelParameters.default()
@@ -335,7 +412,7 @@ def _legacy_events(
     else:
         factors, count_slope = dict(truth_factors), 0.0
 
-    timed: list[tuple[float, int, TrainingEvent]] = []
+    timed: list[tuple[float, int, SyntheticSample]] = []
     slot = 0.0
     while len(timed) < 1.3 * n + 10:
         category = str(_pick(rng, _CATEGORY_WEIGHTS))
@@ -343,6 +420,7 @@ def _legacy_events(
         raw = raw_model.predict(phase)
         need = raw.predicted_output_tokens * factors.get((raw.category, raw.complexity), 1.0)
         need *= max(1, raw.deliverable_count) ** count_slope
+        visible_need = need
         spread = _HEAVY_TAIL_SIGMA if rng.random() < _HEAVY_TAIL_RATE else phase_sigma
         need *= math.exp(rng.gauss(0.0, spread))
         old_prediction = need * math.exp(rng.gauss(0.0, _OLD_PREDICTION_SIGMA))
@@ -366,9 +444,8 @@ def _legacy_events(
             truncated = tokens > sent
             if truncated:
                 tokens, failed = sent, True
-            timed.append(
-                (when, len(timed), TrainingEvent(phase, tokens, success=not failed, truncated=truncated))
-            )
+            event = TrainingEvent(phase, tokens, success=not failed, truncated=truncated)
+            timed.append((when, len(timed), SyntheticSample(event, visible_need)))
 
             if truncated:
                 if rng.random() >= _RETRY_AFTER_TRUNCATION:
@@ -390,4 +467,4 @@ def _legacy_events(
             late = rng.random() < 0.25
             when += rng.uniform(0.0, 0.25 * n) if late else rng.expovariate(1.0 / 3.0)
     timed.sort(key=lambda item: (item[0], item[1]))
-    return [event for _, _, event in timed[:n]]
+    return [sample for _, _, sample in timed[:n]]
