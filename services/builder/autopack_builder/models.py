@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from autopack_common.truncation import is_truncating_stop_reason
+
 FileMode = Literal["create", "modify", "delete"]
 FILE_MODES: tuple[FileMode, ...] = ("create", "modify", "delete")
-# Stop reasons that mean the output was cut off before the model finished.
-TRUNCATING_STOP_REASONS = frozenset({"max_tokens", "model_context_window_exceeded"})
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class ChatResult:
 
     @property
     def truncated(self) -> bool:
-        return self.stop_reason in TRUNCATING_STOP_REASONS
+        return is_truncating_stop_reason(self.stop_reason)
 
 
 @dataclass(frozen=True)
@@ -113,4 +113,4 @@ class BuildResult:
 
     @property
     def truncated(self) -> bool:
-        return self.final_call.stop_reason in TRUNCATING_STOP_REASONS
+        return is_truncating_stop_reason(self.final_call.stop_reason)

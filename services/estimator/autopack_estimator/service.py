@@ -17,6 +17,7 @@ from autopack.estimator.v1 import estimator_pb2, estimator_pb2_grpc
 from autopack_common.database import create_db_engine, upgrade_schema, utcnow
 from autopack_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from autopack_common.server import ServiceBinding
+from autopack_common.truncation import is_truncated
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
@@ -47,9 +48,6 @@ log = logging.getLogger(__name__)
 
 MIN_OUTPUT_TOKENS = 50
 """Validity guard: fewer output tokens means an empty or failed answer, not a measurement."""
-
-TRUNCATING_STOP_REASONS = frozenset({"max_tokens", "length", "max_output_tokens"})
-"""Stop reasons that mean the output hit its ceiling, whatever the caller's flag says."""
 
 DEFAULT_MIN_SAMPLES = 5
 DEFAULT_MIN_CONFIDENCE = 0.7
@@ -219,7 +217,7 @@ class EstimatorServicer(estimator_pb2_grpc.EstimatorServiceServicer):
             selected_budget=estimate.selected_budget,
             actual_max_tokens=actual_max,
             success=request.success,
-            truncated=is_truncated(request.truncated, stop_reason),
+            truncated=is_truncated(stop_reason, request.truncated),
             stop_reason=stop_reason,
             model=request.model.strip() or estimate.model,
             input_tokens=request.input_tokens or None,
@@ -488,11 +486,6 @@ def _guard_reason(tokens: int) -> str:
     )
 
 
-def is_truncated(flag: bool, stop_reason: str) -> bool:
-    """Truncated if the caller says so or the provider stopped at the ceiling."""
-    return flag or stop_reason.lower() in TRUNCATING_STOP_REASONS
-
-
 def _since(timestamp: Timestamp) -> datetime:
     return timestamp.ToDatetime(tzinfo=UTC)
 
@@ -541,7 +534,7 @@ def imported_record(event: estimator_pb2.TelemetryEvent) -> TelemetryRecord:
         selected_budget=event.selected_budget,
         actual_max_tokens=actual_max,
         success=event.success,
-        truncated=is_truncated(event.truncated, event.stop_reason.strip()),
+        truncated=is_truncated(event.stop_reason, event.truncated),
         stop_reason=event.stop_reason.strip(),
         model=event.model.strip(),
         smape=event.smape

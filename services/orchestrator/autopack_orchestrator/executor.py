@@ -32,6 +32,7 @@ from autopack.estimator.v1 import estimator_pb2
 from autopack.memory.v1 import memory_pb2
 from autopack_common.database import utcnow
 from autopack_common.telemetry import current_trace_id, phase_baggage
+from autopack_common.truncation import is_truncating_stop_reason
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from opentelemetry import context as otel_context
@@ -52,7 +53,6 @@ PHASE_SUMMARIES = "phase-summaries"
 MAX_MEMORY_TEXT_BYTES = 2048
 MAX_REASON_CHARS = 2000
 DEFAULT_CHECK_TIMEOUT_SECONDS = 300
-TRUNCATION_STOP_REASONS = ("max_tokens", "length")
 BUILDER_ERROR_DOMAIN = "builder.autopack"
 
 
@@ -760,7 +760,7 @@ class RunExecutor:
                 actual_output_tokens=call.usage.output_tokens if call.usage.HasField("output_tokens") else 0,
                 actual_max_tokens=call.max_tokens,
                 success=attempt.outcome is Outcome.SUCCESS,
-                truncated=build.truncated if final else call.stop_reason in TRUNCATION_STOP_REASONS,
+                truncated=build.truncated if final else is_truncating_stop_reason(call.stop_reason),
                 stop_reason=call.stop_reason,
                 model=call.model,
                 input_tokens=call.usage.input_tokens if call.usage.HasField("input_tokens") else 0,
@@ -894,7 +894,7 @@ class RunExecutor:
             provider=attempt.provider,
             model=attempt.model,
             stop_reason=stop_reason,
-            truncated=stop_reason in TRUNCATION_STOP_REASONS,
+            truncated=is_truncating_stop_reason(stop_reason),
             actual_max_tokens=attempt.actual_max_tokens,
             calls=[call],
         )
