@@ -57,11 +57,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from autopack_estimator.features import PhaseInput, phase_fingerprint
+from autopack_estimator.frontier import (
+    DEFAULT_MAX_MISS_RATE,
+    FrontierPoint,
+    held_out_item,
+    mark_chosen,
+    scaled_frontier,
+)
 from autopack_estimator.metrics import AccuracyMetrics, Outcome, accuracy, percentile, smape
 from autopack_estimator.model import (
     ANY,
     BudgetPolicy,
-    BufferShape,
     Draft,
     GroupCorrection,
     ModelParameters,
@@ -72,9 +78,10 @@ from autopack_estimator.model import (
     select_buffer,
     selected_budget,
 )
+from autopack_estimator.promotion import PromotionVerdict, promotion_verdict
 
-#: Budget-miss rate the buffers are calibrated for (the seeds' <= 2 % risk target).
-DEFAULT_TARGET_MISS_RATE = 0.02
+#: Budget-miss rate the buffers are calibrated for: the default operating point (see ``frontier``).
+DEFAULT_TARGET_MISS_RATE = DEFAULT_MAX_MISS_RATE
 
 #: Size elasticity: clean events needed, prior spread of the slope, range of the total.
 _MIN_SLOPE_EVENTS = 30
@@ -99,10 +106,13 @@ _TAU = 0.35
 _SIGMA_PRIOR = 0.5
 _SIGMA_MIN = 0.05
 _BUFFER_MIN = 1.05
-_BUFFER_MAX = 6.0
-_SCALE_MIN, _SCALE_MAX = 0.3, 2.5
-#: Buffer-shape powers tried on held-out data (1 first: ties keep the per-group buffers).
-_SHAPE_POWERS = (1.0, 0.75, 0.5, 0.25, 0.0)
+#: The buffer cap: no learned buffer ever exceeds MAX_BUFFER, nor MAX_BUFFER_GROWTH times what the
+#: current model serves the same phases, unless LARGE_EVIDENCE distinct phases back the group.
+MAX_BUFFER = 3.0
+MAX_BUFFER_GROWTH = 1.5
+LARGE_EVIDENCE = 60
+#: Pseudo-phases of shrinkage of a group's buffer toward the global one: weight n / (n + this).
+BUFFER_SHRINKAGE = 10.0
 #: Memory policy search on held-out retries: buffer z range and largest-output margins (0 = none).
 _MEMORY_Z_MIN, _MEMORY_Z_MAX = 0.05, 6.0
 _MEMORY_MARGINS = (1.15, 1.0, 0.0)
@@ -139,6 +149,8 @@ class GroupCalibration:
     applied: bool
     smape_before: float
     smape_after: float
+    buffer: float = 0.0  # learned buffer (0 = none: the group keeps the rule buffer or its parent's)
+    buffer_cap: float = 0.0  # the most it was allowed to be (see MAX_BUFFER, MAX_BUFFER_GROWTH)
 
 
 @dataclass(frozen=True)
@@ -162,7 +174,7 @@ class HoldoutEvaluation:
 
 @dataclass(frozen=True)
 class CalibrationReport:
-    """Held-out evaluation and per-group corrections of one calibration."""
+    """Held-out evaluation and per-group corrections of one calibration, and whether to promote it."""
 
     before: AccuracyMetrics
     after: AccuracyMetrics
@@ -172,6 +184,9 @@ class CalibrationReport:
     base_version: str
     notes: tuple[str, ...]
     time_split: HoldoutEvaluation | None = None
+    frontier: tuple[FrontierPoint, ...] = ()  # candidate: misses vs waste at multiples of its buffers
+    baseline_frontier: tuple[FrontierPoint, ...] = ()  # the current model, same held-out events
+    verdict: PromotionVerdict | None = None
 
 
 @dataclass(frozen=True)
@@ -430,6 +445,7 @@ class _Row:
     truncated: bool
     fingerprint: str
     log_count: float = 0.0  # log(deliverables / the model's count_reference)
+    base_buffer: float = 1.0  # the buffer the base model serves this phase (the growth cap's reference)
 
 
 @dataclass
@@ -451,6 +467,8 @@ class _Fit:
     params: ModelParameters
     levels: dict[tuple[str, str], _Level]
     notes: tuple[str, ...]
+    buffers: Mapping[tuple[str, str], float]
+    caps: Mapping[tuple[str, str], float]
 
 
 def _rows(events: Sequence[TrainingEvent], base: ModelParameters) -> tuple[list[_Row], list[str]]:
@@ -480,11 +498,35 @@ def _rows(events: Sequence[TrainingEvent], base: ModelParameters) -> tuple[list[
                 truncated=event.truncated,
                 fingerprint=phase_fingerprint(event.phase),
                 log_count=math.log(max(1, raw.deliverable_count) / base.count_reference),
+                base_buffer=cur.buffer,
             )
         )
     if skipped_invalid:
         notes.append(f"{skipped_invalid} events without output tokens skipped")
     return rows, notes
+
+
+def phase_units(rows: Sequence[_Row]) -> list[_Row]:
+    """One row per phase (same goal and deliverables): retries must not outvote the other phases.
+
+    Up to 6 identical retries of one phase were seen in real telemetry; counted per event they
+    decided both the factors and the buffers. A phase with a clean attempt is that attempt (the
+    median of its clean attempts); one that only truncated is a single lower bound at its largest
+    truncation, however many copies; one that only failed says nothing about its need and is left out.
+    """
+    by_phase: dict[str, list[_Row]] = {}
+    for row in rows:
+        by_phase.setdefault(row.fingerprint, []).append(row)
+    units = []
+    for attempts in by_phase.values():
+        clean = [r for r in attempts if r.clean]
+        truncated = [r for r in attempts if r.truncated]
+        if clean:
+            middle = statistics.median(r.log_ratio for r in clean)
+            units.append(replace(min(clean, key=lambda r: abs(r.log_ratio - middle)), log_ratio=middle))
+        elif truncated:
+            units.append(max(truncated, key=lambda r: r.log_ratio))
+    return units
 
 
 def _estimate_level(
@@ -632,6 +674,94 @@ def _applied(levels: Mapping[tuple[str, str], _Level], row: _Row) -> _Level | No
     return None
 
 
+@dataclass(frozen=True)
+class _BufferPolicy:
+    buffers: dict[tuple[str, str], float]
+    caps: dict[tuple[str, str], float]
+    notes: list[str]
+
+
+def censored_quantile(residuals: Sequence[tuple[float, bool]], miss_rate: float) -> float:
+    """Smallest log buffer that misses at most ``miss_rate`` of the phases, truncations at their bound.
+
+    A truncated phase (exact = False) is only known to need more than its bound, so a buffer up to
+    the bound misses it and one just above covers it: it is never extrapolated to an unknown need.
+    """
+    if not residuals:
+        return 0.0
+    ordered = sorted(residuals, key=lambda item: -item[0])
+    allowed = math.floor(miss_rate * len(ordered) + 1e-9)
+    if allowed >= len(ordered):
+        return ordered[-1][0]
+    value, exact = ordered[allowed]
+    return value if exact else value + 1e-6
+
+
+def _buffer_policy(
+    units: Sequence[_Row],
+    levels: Mapping[tuple[str, str], _Level],
+    applied_level: Callable[[_Row], _Level | None],
+    target_miss_rate: float,
+) -> _BufferPolicy:
+    """Buffers per applied level, from the residuals of distinct phases (see ``calibrate``).
+
+    1. A global buffer: a blend of the empirical quantile (truncations counted at their bound) and
+       a normal quantile of the robust spread; the empirical one gets weight n / (n + 1/miss rate),
+       because a tail quantile means little before about 1/miss-rate phases are seen.
+    2. A level's buffer is the global one stretched by its own spread, shrunk toward the global
+       buffer by n / (n + BUFFER_SHRINKAGE) with n its distinct phases: 1-3 phases move it little.
+    3. Every buffer is capped: never above ``MAX_BUFFER``, and never more than ``MAX_BUFFER_GROWTH``
+       times what the current model serves those phases, unless ``LARGE_EVIDENCE`` phases back it.
+    """
+    residuals = []
+    for unit in units:
+        level = applied_level(unit)
+        location = level.location if level else unit.current_log_factor
+        residuals.append((unit.log_ratio - location, unit.clean))
+    exact = sum(1 for _, is_exact in residuals if is_exact)
+    n = len(residuals)
+    measured = _scale(residuals, exact) if residuals else None
+    sigma = _SIGMA_PRIOR if measured is None else _shrink_sigma(measured, _SIGMA_PRIOR, exact)
+    z = statistics.NormalDist().inv_cdf(1.0 - target_miss_rate)
+    normal = z * sigma * math.sqrt(1.0 + 1.0 / max(1, n))
+    empirical = censored_quantile(residuals, target_miss_rate)
+    weight = n / (n + 1.0 / target_miss_rate)
+    global_log = max(math.log(_BUFFER_MIN), weight * empirical + (1.0 - weight) * normal)
+
+    buffers: dict[tuple[str, str], float] = {}
+    caps: dict[tuple[str, str], float] = {}
+    capped: list[str] = []
+    for key, level in levels.items():
+        if not level.applied:
+            continue
+        members = [u for u in units if key[0] in (ANY, u.category) and key[1] in (ANY, u.complexity)]
+        if key == (ANY, ANY):
+            log_buffer = global_log
+        else:
+            own = global_log * level.sigma / sigma
+            shrink = len(members) / (len(members) + BUFFER_SHRINKAGE)
+            log_buffer = shrink * own + (1.0 - shrink) * global_log
+        reference = statistics.median(u.base_buffer for u in members) if members else 1.0
+        cap = MAX_BUFFER if len(members) >= LARGE_EVIDENCE else min(MAX_BUFFER, MAX_BUFFER_GROWTH * reference)
+        cap = max(_BUFFER_MIN, cap)
+        buffer = min(cap, max(_BUFFER_MIN, math.exp(log_buffer)))
+        if math.exp(log_buffer) > cap + 1e-9:
+            capped.append(f"{key[0]}/{key[1]}")
+        buffers[key], caps[key] = buffer, cap
+    notes = []
+    if (ANY, ANY) in buffers:
+        notes.append(
+            f"safety margin for all phases x{buffers[(ANY, ANY)]:.2f}, set so that about "
+            f"{target_miss_rate:.0%} of {n} distinct phases would have needed more"
+        )
+    if capped:
+        notes.append(
+            "safety margins held at the cap (at most x"
+            f"{MAX_BUFFER_GROWTH:g} the current model's and never above x{MAX_BUFFER:g}): " + ", ".join(capped)
+        )
+    return _BufferPolicy(buffers, caps, notes)
+
+
 def _fit(
     events: Sequence[TrainingEvent],
     base: ModelParameters,
@@ -645,45 +775,40 @@ def _fit(
     rows, notes = _rows(events, base)
     old = {(c.category, c.complexity): c for c in base.corrections}
     current_global = math.log(old[(ANY, ANY)].factor) if (ANY, ANY) in old else 0.0
-    levels = _estimate_levels(rows, current_global, min_samples, min_confidence)
+    units = phase_units(rows)
+    if len(units) < len(rows):
+        notes.append(
+            f"{len(rows)} events come from {len(units)} distinct phases with a usable outcome: "
+            "each phase counts once, however often it was retried"
+        )
+    levels = _estimate_levels(units, current_global, min_samples, min_confidence)
     count_exponent = base.count_exponent
-    slope = _count_slope(rows, levels, base.count_exponent)
+    slope = _count_slope(units, levels, base.count_exponent)
     if slope:
         count_exponent = round(base.count_exponent + slope, 4)
         rows = [replace(r, log_ratio=r.log_ratio - slope * r.log_count) for r in rows]
-        levels = _estimate_levels(rows, current_global, min_samples, min_confidence)
+        units = [replace(r, log_ratio=r.log_ratio - slope * r.log_count) for r in units]
+        levels = _estimate_levels(units, current_global, min_samples, min_confidence)
         notes.append(
-            f"size elasticity {count_exponent:+.3f}: predictions x (deliverables / {base.count_reference:g})"
-            f" ^ {count_exponent:+.3f} (learned within groups, truncations as lower bounds, shrunk toward "
-            f"{base.count_exponent:+.3f})"
+            f"larger phases write less per file than the model assumed: predictions now scale with "
+            f"(deliverables / {base.count_reference:g}) to the power {count_exponent:+.2f}"
         )
 
     def applied_level(row: _Row) -> _Level | None:
         return _applied(levels, row)
 
-    # Buffer: pooled standardised residuals (clean + failed exact, truncated censored).
-    standardised: list[tuple[float, bool]] = []
-    for row in rows:
-        level = applied_level(row)
-        location = level.location if level else row.current_log_factor
-        sigma = _predictive_sigma(level) if level else _SIGMA_PRIOR
-        standardised.append(((row.log_ratio - location) / sigma, not row.truncated))
     coverage = 1.0 - target_miss_rate
-    normal_z = statistics.NormalDist().inv_cdf(coverage)
-    z, how = _tail_quantile(standardised, coverage) if standardised else (normal_z, "normal prior")
-    if len(standardised) < 100 and z < normal_z:
-        z, how = normal_z, "normal (too few events for an empirical tail)"
-
+    policy = _buffer_policy(units, levels, applied_level, target_miss_rate)
+    notes += policy.notes
     corrections: dict[tuple[str, str], GroupCorrection] = {}
     for key, level in levels.items():
         if not level.applied:
             continue
-        buffer = min(_BUFFER_MAX, max(_BUFFER_MIN, math.exp(z * _predictive_sigma(level))))
         corrections[key] = GroupCorrection(
             category=key[0],
             complexity=key[1],
             factor=round(math.exp(level.location), 6),
-            buffer=round(buffer, 4),
+            buffer=round(policy.buffers[key], 4),
             samples=level.samples,
             confidence=level.confidence,
         )
@@ -692,15 +817,11 @@ def _fit(
         corrections[key] = old[key]
     if carried:
         notes.append(
-            "kept from the base model (not re-learned with enough evidence): "
+            "kept from the current model (not enough new evidence to re-learn): "
             + ", ".join(f"{c}/{x}" for c, x in sorted(carried))
         )
     if rows and not any(level.applied for level in levels.values()):
-        notes.append("no group reached min_samples and min_confidence: candidate keeps the base corrections")
-    notes.append(
-        f"buffer quantile {coverage:.1%} of pooled standardised residuals: z = {z:.2f} ({how})"
-        + (f", all-phases buffer x{corrections[(ANY, ANY)].buffer:.2f}" if (ANY, ANY) in corrections else "")
-    )
+        notes.append("no group had enough clean phases: the candidate keeps the current corrections")
     ordered = tuple(sorted(corrections.values(), key=_correction_order))
 
     # Phase memory: split the residual spread into the phase itself (between) and the attempt
@@ -756,7 +877,7 @@ def _fit(
         buffer_shape_reference=1.0,
         **memory_fields,  # type: ignore[arg-type]
     )
-    return _Fit(params=params, levels=levels, notes=tuple(notes))
+    return _Fit(params=params, levels=levels, notes=tuple(notes), buffers=policy.buffers, caps=policy.caps)
 
 
 @dataclass(frozen=True)
@@ -876,44 +997,6 @@ def _allowed_miss(target: float, phases: int) -> float:
     return min(0.8 * target, max(0.5 * target, target - 1.65 * standard_error))
 
 
-def _choose_buffer_shape(held_out: _Curve, allowed_miss: float, base: BudgetPolicy) -> TradeOff:
-    """Shape of the learned buffers with the least held-out P90 waste at ``allowed_miss``.
-
-    The censoring-aware tail gives each group a buffer from its own spread; this decides, on
-    out-of-fold predictions, how far to go (``scale``) and how much of the groups' differences to
-    keep (``power``: 1 keeps them, 0 gives every learned group the same buffer). Equal tail risk
-    in every group is not what minimises P90 waste: letting the noisiest groups take more of the
-    allowed misses often costs less. Ties keep the plain per-group buffers.
-    """
-    logs = [math.log(h.draft.group_buffer) for h in held_out.items if h.draft.group_buffer > 1.0]
-    if not logs:
-        return _trade_off(held_out, base)
-    reference = max(0.05, statistics.median(logs))
-    best: TradeOff | None = None
-    for power in _SHAPE_POWERS:
-
-        def make(scale: float, power: float = power) -> BudgetPolicy:
-            return replace(base, shape=BufferShape(scale, power, reference))
-
-        point = _trade_off(held_out, make(_bisect(held_out, make, allowed_miss, _SCALE_MIN, _SCALE_MAX)))
-        if best is None or point.waste_p90 < 0.98 * best.waste_p90:
-            best = point
-    assert best is not None
-    return best
-
-
-def _raise_only(held_out: _Curve, allowed_miss: float, base: BudgetPolicy) -> TradeOff:
-    """Few held-out events: never shrink learned buffers on their say-so, only raise them.
-
-    A handful of events cannot show a tail; they can show misses, and misses come first.
-    """
-
-    def make(scale: float) -> BudgetPolicy:
-        return replace(base, shape=BufferShape(scale, 1.0, 1.0))
-
-    return _trade_off(held_out, make(_bisect(held_out, make, allowed_miss, 1.0, _SCALE_MAX)))
-
-
 def _choose_memory_policy(judged: Sequence[tuple[_Curve, float]], base: BudgetPolicy) -> TradeOff:
     """Memory buffer z and largest-output margin with the least P90 waste on held-out retries.
 
@@ -961,51 +1044,6 @@ def _bisect(
         else:
             low = middle
     return round(high, 4)
-
-
-def _waste_limited(held_out: _Curve, chosen: TradeOff, waste_target: float) -> TradeOff:
-    """The point of the chosen shape's curve where P90 waste meets ``waste_target`` (for the notes)."""
-    policy = chosen.policy
-    low, high = _SCALE_MIN / 4, policy.shape.scale
-    for _ in range(12):
-        middle = (low + high) / 2
-        if (
-            _trade_off(held_out, replace(policy, shape=replace(policy.shape, scale=middle))).waste_p90
-            <= waste_target
-        ):
-            low = middle
-        else:
-            high = middle
-    return _trade_off(held_out, replace(policy, shape=replace(policy.shape, scale=low)))
-
-
-def _feasibility_notes(
-    held_out: _Curve, chosen: TradeOff, target_miss_rate: float, after: Sequence[Outcome]
-) -> list[str]:
-    """Say plainly when the quality bar's three targets cannot all hold at this data's spread."""
-    metrics = accuracy(after)
-    notes = [
-        f"cross-validated trade-off: budget misses {chosen.miss_rate:.1%} with P90 waste "
-        f"{chosen.waste_p90:.2f}x, median SMAPE {metrics.median_smape:.1f}%"
-    ]
-    if chosen.waste_p90 > DEFAULT_TARGET_WASTE_P90:
-        policy = chosen.policy
-
-        def make(scale: float) -> BudgetPolicy:
-            return replace(policy, shape=replace(policy.shape, scale=scale))
-
-        at_target = _trade_off(
-            held_out, make(_bisect(held_out, make, target_miss_rate, _SCALE_MIN, _SCALE_MAX))
-        )
-        limited = _waste_limited(held_out, chosen, DEFAULT_TARGET_WASTE_P90)
-        notes.append(
-            f"not all targets are reachable at this spread: budget misses of {chosen.miss_rate:.1%} (the aim, "
-            f"leaving room under {target_miss_rate:.0%}) cost P90 waste {chosen.waste_p90:.1f}x, misses of "
-            f"{at_target.miss_rate:.1%} would still need {at_target.waste_p90:.1f}x, and P90 waste <= "
-            f"{DEFAULT_TARGET_WASTE_P90:g}x would miss {limited.miss_rate:.1%} of budgets (cross-validated on "
-            "held-out phases; retries of known phases do better)"
-        )
-    return notes
 
 
 def _repeat_errors(
@@ -1187,6 +1225,8 @@ def calibrate(
     folds = _folds_for(len(phases))
     before_outcomes: list[Outcome] = []
     after_outcomes: list[Outcome] = []
+    frontier: list[FrontierPoint] = []
+    baseline_frontier: list[FrontierPoint] = []
     candidate = final.params
     if folds:
         fold_of = {fp: i % folds for i, fp in enumerate(phases)}
@@ -1222,32 +1262,19 @@ def calibrate(
                     )
                 seen.append(event)
                 last_seen[fingerprint] = position
-        stored = TokenModel(final.params).policy
-        allowed = _allowed_miss(target_miss_rate, len(phases))
-        curve = _Curve(held_out)
-        if len(held_out) >= _MIN_TRADE_OFF_EVENTS:
-            chosen = _choose_buffer_shape(curve, allowed, stored)
-        else:
-            chosen = _raise_only(curve, allowed, stored)
-            notes.append(
-                f"only {len(held_out)} held-out events: too few to trade misses for waste, learned buffers "
-                f"are only ever raised (x{chosen.policy.shape.scale:.2f} in log space) to keep misses down"
-            )
-        policy = chosen.policy
+        policy = TokenModel(final.params).policy
         after_outcomes = [
-            outcome_for(item.model.finish(item.draft, policy), event)
+            outcome_for(item.model.finish(item.draft), event)
             for item, event in zip(held_out, held_events, strict=True)
         ]
-        shape = policy.shape
-        if not shape.identity:
-            notes.append(
-                f"learned buffers served as exp({shape.scale:.2f} x {shape.reference:.2f} x "
-                f"(log b / {shape.reference:.2f})^{shape.power:g}): the least cross-validated P90 waste "
-                f"with budget misses at {chosen.miss_rate:.1%} (aimed at {allowed:.1%} for a "
-                f"{target_miss_rate:.1%} target)"
-            )
-        if len(held_out) >= _MIN_TRADE_OFF_EVENTS:
-            notes += _feasibility_notes(curve, chosen, target_miss_rate, after_outcomes)
+        base_items = [
+            held_out_item(base_model, base_model.draft(event.phase), event) for event in held_events
+        ]
+        candidate_items = [
+            held_out_item(item.model, item.draft, event) for item, event in zip(held_out, held_events, strict=True)
+        ]
+        baseline_frontier = mark_chosen(scaled_frontier(base_items), 1.0)
+        frontier = mark_chosen(scaled_frontier(candidate_items), 1.0)
         if len(repeats) >= _MIN_REPEATS:
             retried = len({r.draft.memory.fingerprint for r in repeats if r.draft.memory is not None})
             weighted = _Curve(repeats)
@@ -1265,12 +1292,7 @@ def calibrate(
                 f"{retry_choice.waste_p90:.2f}x"
             )
         candidate = replace(
-            final.params,
-            buffer_shape_scale=round(shape.scale, 4),
-            buffer_shape_power=shape.power,
-            buffer_shape_reference=round(shape.reference, 4),
-            memory_buffer_z=round(policy.memory_z, 4),
-            memory_margin=policy.memory_margin,
+            final.params, memory_buffer_z=round(policy.memory_z, 4), memory_margin=policy.memory_margin
         )
         notes.append(f"before/after: {folds}-fold cross-validation over {len(phases)} distinct phases")
     else:
@@ -1294,6 +1316,8 @@ def calibrate(
                 applied=level.applied,
                 smape_before=round(before_smape, 2),
                 smape_after=round(after_smape, 2),
+                buffer=round(final.buffers.get(key, 0.0), 4),
+                buffer_cap=round(final.caps.get(key, 0.0), 4),
             )
         )
         if not level.applied and key != (ANY, ANY):
@@ -1316,8 +1340,11 @@ def calibrate(
         base_version=base.version,
         notes=tuple(notes),
         time_split=time_split,
+        frontier=tuple(frontier),
+        baseline_frontier=tuple(baseline_frontier),
     )
-    return CalibrationResult(candidate=candidate, report=report)
+    verdict = promotion_verdict(report)
+    return CalibrationResult(candidate=candidate, report=replace(report, verdict=verdict))
 
 
 def _level_order(key: tuple[str, str]) -> tuple[int, str, str]:
