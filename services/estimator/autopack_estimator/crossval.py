@@ -7,6 +7,10 @@ serves) and score it against what happened. Three models are compared on the poo
 events: the shipped default, the calibrated one, and the default prediction with the one global
 buffer that meets the miss target *in hindsight* (chosen on the held-out events themselves: a
 bound, not a model). Grouping by run keeps a run's retries and re-runs out of its own training set.
+
+Held-out results are counted per distinct phase (``distinct_phases``: "estimate every phase"), so
+a phase that truncated six times at an old ceiling is one miss, not six; the per-event figures are
+kept next to them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from autopack_estimator.calibration import (
     CalibrationReport,
     TrainingEvent,
     calibrate,
+    distinct_phases,
     outcome_for,
 )
 from autopack_estimator.frontier import (
@@ -44,17 +49,58 @@ class RunEvent:
 
 @dataclass(frozen=True)
 class RunCrossValidation:
-    """Pooled held-out results of every fold."""
+    """Pooled held-out results of every fold, per distinct phase (frontiers too) and per event."""
 
     folds: int
     events: int
+    phases: int
     default: AccuracyMetrics
     calibrated: AccuracyMetrics
+    default_events: AccuracyMetrics
+    calibrated_events: AccuracyMetrics
     hindsight: FrontierPoint | None  # default prediction x one global buffer, chosen on the held-out events
-    default_frontier: list[FrontierPoint]  # default prediction x a global buffer (hindsight marked)
+    default_frontier: list[FrontierPoint]  # the default's budgets x a multiplier (1.0 = as shipped, marked)
     calibrated_frontier: list[FrontierPoint]  # calibrated budgets x a multiplier (1.0 = as served, marked)
+    hindsight_frontier: list[FrontierPoint]  # default prediction x one global buffer (hindsight marked)
     candidates: list[ModelParameters]
     reports: list[CalibrationReport]
+    promoted: int  # folds whose candidate passed the promotion guard (or was forced) and was served
+    default_items: list[HeldOutBudget]  # per distinct held-out phase, for pooling several sets
+    calibrated_items: list[HeldOutBudget]
+    default_outcomes: list[Outcome]
+    calibrated_outcomes: list[Outcome]
+
+
+@dataclass(frozen=True)
+class PooledResult:
+    """Several cross-validations (e.g. one per generated set) judged as one held-out set."""
+
+    phases: int
+    default: AccuracyMetrics
+    calibrated: AccuracyMetrics
+    hindsight: FrontierPoint | None
+    default_frontier: list[FrontierPoint]
+    calibrated_frontier: list[FrontierPoint]
+    hindsight_frontier: list[FrontierPoint]
+
+
+def pooled(results: Sequence[RunCrossValidation], max_miss_rate: float = DEFAULT_MAX_MISS_RATE) -> PooledResult:
+    """Pool the held-out phases of several cross-validations: figures from many small sets at once."""
+    default_items = [item for r in results for item in r.default_items]
+    calibrated_items = [item for r in results for item in r.calibrated_items]
+    hindsight_frontier = global_buffer_frontier(default_items)
+    hindsight = best_within(hindsight_frontier, max_miss_rate)
+    if hindsight is not None:
+        hindsight_frontier = mark_chosen(hindsight_frontier, hindsight.buffer)
+    return PooledResult(
+        phases=len(default_items),
+        default=accuracy([o for r in results for o in r.default_outcomes]),
+        calibrated=accuracy([o for r in results for o in r.calibrated_outcomes]),
+        hindsight=hindsight,
+        default_frontier=mark_chosen(scaled_frontier(default_items), 1.0),
+        calibrated_frontier=mark_chosen(scaled_frontier(calibrated_items), 1.0),
+        hindsight_frontier=hindsight_frontier,
+    )
 
 
 def folds_by_run(run_ids: Sequence[str], folds: int = 5) -> dict[str, int]:
@@ -87,10 +133,13 @@ def cross_validate_by_run(
     *,
     folds: int = 5,
     max_miss_rate: float = DEFAULT_MAX_MISS_RATE,
+    force: bool = False,
 ) -> RunCrossValidation:
     """Calibrate on all runs but one fold's, estimate that fold's phases; pooled over the folds.
 
-    ``events`` must be oldest first (calibration reads retries in time order).
+    As in production, a candidate the promotion guard rejects is not served (the fold keeps the
+    current model) unless ``force`` (PromoteModel with force=true). ``events`` must be oldest first
+    (calibration reads retries in time order).
     """
     fold_of = folds_by_run([e.run_id for e in events], folds)
     default_model = TokenModel(base)
@@ -98,33 +147,52 @@ def cross_validate_by_run(
     calibrated_items: list[HeldOutBudget] = []
     default_outcomes: list[Outcome] = []
     calibrated_outcomes: list[Outcome] = []
+    default_per_event: list[Outcome] = []
+    calibrated_per_event: list[Outcome] = []
     candidates, reports = [], []
+    served = 0
     for fold in range(folds):
         train = [e.event for e in events if fold_of[e.run_id] != fold]
         held = [e.event for e in events if fold_of[e.run_id] == fold]
         result = calibrate(train, base, new_version=f"{base.version}-cv{fold}", time_split_fraction=None)
         candidates.append(result.candidate)
         reports.append(result.report)
-        candidate = TokenModel(result.candidate)
+        verdict = result.report.verdict
+        # PromoteModel refuses a rejected candidate: the fold is then served by the current model.
+        promoted = verdict is None or verdict.promote or force
+        candidate = TokenModel(result.candidate) if promoted else default_model
+        served += promoted
         for event in held:
+            default_per_event.append(held_out_budget(default_model, event)[1])
+            calibrated_per_event.append(held_out_budget(candidate, event)[1])
+        for event in distinct_phases(held):
             item, outcome = held_out_budget(default_model, event)
             default_items.append(item)
             default_outcomes.append(outcome)
             item, outcome = held_out_budget(candidate, event)
             calibrated_items.append(item)
             calibrated_outcomes.append(outcome)
-    default_frontier = global_buffer_frontier(default_items)
-    hindsight = best_within(default_frontier, max_miss_rate)
+    hindsight_frontier = global_buffer_frontier(default_items)
+    hindsight = best_within(hindsight_frontier, max_miss_rate)
     if hindsight is not None:
-        default_frontier = mark_chosen(default_frontier, hindsight.buffer)
+        hindsight_frontier = mark_chosen(hindsight_frontier, hindsight.buffer)
     return RunCrossValidation(
         folds=folds,
         events=len(events),
+        phases=len(default_items),
         default=accuracy(default_outcomes),
         calibrated=accuracy(calibrated_outcomes),
+        default_events=accuracy(default_per_event),
+        calibrated_events=accuracy(calibrated_per_event),
         hindsight=hindsight,
-        default_frontier=default_frontier,
+        default_frontier=mark_chosen(scaled_frontier(default_items), 1.0),
         calibrated_frontier=mark_chosen(scaled_frontier(calibrated_items), 1.0),
+        hindsight_frontier=hindsight_frontier,
         candidates=candidates,
         reports=reports,
+        promoted=served,
+        default_items=default_items,
+        calibrated_items=calibrated_items,
+        default_outcomes=default_outcomes,
+        calibrated_outcomes=calibrated_outcomes,
     )

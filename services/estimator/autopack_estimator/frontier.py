@@ -77,7 +77,9 @@ class FrontierPoint:
     chosen: bool = False
 
 
-def judge(items: Sequence[HeldOutBudget], buffer_of: Callable[[HeldOutBudget], float], level: float) -> FrontierPoint:
+def judge(
+    items: Sequence[HeldOutBudget], buffer_of: Callable[[HeldOutBudget], float], level: float
+) -> FrontierPoint:
     """Misses over every event, waste over clean events, with each item budgeted at ``buffer_of(item)``."""
     misses, lost, written = 0, 0, 0
     wastes = []

@@ -305,6 +305,9 @@ class ModelParameters:
     buffer_shape_scale: float = 1.0
     buffer_shape_power: float = 1.0
     buffer_shape_reference: float = 1.0
+    # Whether a learned all-phases buffer replaces the P7/P9 rule buffers (calibrations since the
+    # budget-policy rework: one measured buffer beats rules measured nowhere) or only raises them.
+    learned_buffer_replaces_rules: bool = False
 
     @classmethod
     def default(cls) -> ModelParameters:
@@ -490,7 +493,7 @@ class Draft:
     rule_reason: str = ""
     group_buffer: float = 0.0  # learned, before the buffer shape; 0 = none
     group_reason: str = ""
-    group_global: bool = False  # an all-phases buffer only ever raises the rule buffer
+    group_global: bool = False  # an all-phases buffer that only ever raises the rule buffer
     memory_spread: float = 0.0  # predictive log spread of a repeat; 0 = no memory buffer
     memory: PhaseMemory | None = None
 
@@ -831,8 +834,9 @@ class TokenModel:
                 else f"learned for {correction.category}/{correction.complexity}"
             )
         policy = self._policy
+        only_raises = level == "global" and not p.learned_buffer_replaces_rules
         buffer, reason, learned = select_buffer(
-            rule_buffer, rule_reason, group_buffer, group_reason, level == "global", memory_spread, policy
+            rule_buffer, rule_reason, group_buffer, group_reason, only_raises, memory_spread, policy
         )
         memory_need, memory_detail = self.memory_need(memory, policy.memory_margin)
         return Draft(
@@ -853,7 +857,7 @@ class TokenModel:
             rule_reason=rule_reason,
             group_buffer=group_buffer,
             group_reason=group_reason,
-            group_global=level == "global",
+            group_global=only_raises,
             memory_spread=memory_spread,
             memory=memory,
         )
