@@ -160,7 +160,9 @@ def test_docs_only_deliverables_re_categorise_a_non_doc_hint() -> None:
     for hint in ("documentation", "DOCUMENTATION", "Docs"):
         assert detect_category(replace(plain, category_hint=hint)) == "docs", hint
     prediction = TokenModel(ModelParameters.default()).predict(
-        PhaseInput(description="Docs with guides", category_hint="implementation", deliverables=five_documents)
+        PhaseInput(
+            description="Docs with guides", category_hint="implementation", deliverables=five_documents
+        )
     )
     assert prediction.predicted_output_tokens > 12000
 

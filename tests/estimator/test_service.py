@@ -274,7 +274,7 @@ def test_accuracy_uses_clean_events_for_smape_and_all_events_for_risk(estimator,
         make_event(
             1, predicted_output_tokens=1000, actual_output_tokens=3000, selected_budget=2000, category="docs"
         ),
-        # truncated: a lower bound, only counts for the truncation rate
+        # truncated at its budget: a lower bound, so a miss of that budget; no SMAPE or waste
         make_event(
             2,
             predicted_output_tokens=1000,
@@ -297,7 +297,7 @@ def test_accuracy_uses_clean_events_for_smape_and_all_events_for_risk(estimator,
     assert overall.median_smape == pytest.approx(50.0)
     assert overall.underestimation_rate == pytest.approx(0.5)
     assert overall.truncation_rate == pytest.approx(0.25)
-    assert overall.budget_miss_rate == pytest.approx(0.25)
+    assert overall.budget_miss_rate == pytest.approx(0.5)  # over budget, and truncated at it
     assert overall.waste_p50 == pytest.approx((2.0 + 2 / 3) / 2)
     assert [g.key for g in response.by_category] == ["docs", "implementation"]
     assert [g.key for g in response.by_complexity] == ["medium"]
@@ -332,7 +332,10 @@ def test_calibrate_stores_a_candidate_but_nothing_changes_until_promoted(estimat
     candidate = response.candidate_version
     assert candidate.startswith("cal-")
     assert report.base_version == "default-1" and report.folds >= 2
-    assert report.training_events > 200 and report.before.events == report.after.events == 300
+    distinct = len({(e.description, tuple(e.deliverables)) for e in synthetic(300, 1)})
+    assert report.training_events > 200 and report.before.events == report.after.events == distinct < 300
+    assert report.promote and report.recommendation.startswith("Promote it:") and not report.rejection_reasons
+    assert next(p for p in report.frontier if p.chosen).miss_rate == report.after.budget_miss_rate
     assert report.groups and all(0 <= g.confidence <= 1 and g.factor > 0 for g in report.groups)
     assert any(g.applied for g in report.groups)
 

@@ -1,50 +1,45 @@
 """Calibration: learn per-group corrections and buffers from telemetry, judged on held-out data.
 
 The model's structural coefficients stay fixed; calibration learns, per group of phases, how far
-reality sits from them and how widely it scatters:
+reality sits from them and how widely it scatters. Real telemetry is small (50-70 events),
+duplicated (up to 6 identical retries of one phase), censored (truncations at old ceilings) and
+heavy-tailed, so every step is built for that:
 
+* **One phase, one vote** -- events are collapsed to distinct phases (same goal and deliverables,
+  ``phase_units``): a phase with a clean attempt is its median clean output, one that only
+  truncated is one lower bound at its largest truncation, one that only failed is left out.
 * **Location** -- a multiplicative factor on the point prediction: the median of
-  ``log(actual / raw prediction)`` (robust to outliers). Truncated events are right-censored (their
-  actual is only a lower bound), so medians and quantiles come from a Kaplan-Meier estimate that
-  treats them as ">= recorded". Failed-but-not-truncated attempts are not used for the location
-  (failure-mode outputs are not what the phase needed) but they are for the buffer, because budget
-  misses are counted on every event.
+  ``log(actual / raw prediction)`` over phases, truncated ones as lower bounds (Kaplan-Meier): a
+  badly under-predicted group truncates often, and dropping its truncations would learn far too
+  little. Failed-only phases say nothing about the need and are left out.
 * **Hierarchy and shrinkage** -- groups are (category, complexity), with (category, *) and (*, *)
-  above them. Each level's estimate is shrunk toward what would be used without it (its parent when
-  the parent knows more than the level itself, else the current model): weight ``n / (n + k)`` with
+  above them. Each level's estimate is shrunk toward its parent: weight ``n / (n + k)`` with
   ``k = (sigma / tau)^2`` clamped to 2..10, so few or noisy samples move little. A level is
-  *applied* only with ``min_samples`` clean samples and ``min_confidence``; otherwise its events
-  fall back to the parent (or keep the current model).
-* **Size elasticity** -- within groups, residuals are regressed on log(deliverables) (truncations
-  at their expected value above the bound, winsorised, shrunk toward the current exponent by the
-  slope's standard error): output rarely grows as fast as per-deliverable costs say, and one
-  global exponent fixes that for every group at once.
-* **Buffer** -- a location-scale model: each level has a robust, censoring-aware scale (KM
-  interquartile range, shrunk toward the parent's). Residuals divided by their scale are pooled over
-  all events and the quantile ``1 - target_miss_rate`` is taken (KM; where truncations hide the tail
-  it is extended with a normal tail); a level's buffer is ``exp(z * sigma)``, so tight groups get
-  small buffers and noisy ones large.
-* **Miss / waste trade-off on held-out data** -- how learned buffers are served (a ``BufferShape``:
-  overall scale, and how much of the groups' differences to keep) is chosen on the cross-validated
-  predictions: the least P90 waste whose held-out budget-miss rate stays below the target with room
-  for the scatter of a later, smaller evaluation (misses cluster by phase). When the targets cannot
-  all hold at the data's spread the notes say so with the numbers (the waste the miss target costs,
-  the misses the waste target would cost).
-* **Phase memory** -- exact repeats of a phase (same goal and deliverables; retries are common)
-  reuse their own history, weighted by how much of the spread is the phase rather than the attempt
-  (estimated from repeated phases). Retries are replayed in time order -- each predicted from the
-  attempts before it, as serving does -- to learn how far a retry sits from its history (with
-  cumulative deliverables a retry writes only what is missing) and, on held-out phases, the memory
-  buffer and largest-output margin with the least waste inside the miss target. Retries are
-  weighted by their distance from their history, because that is how often a split by time puts
-  them on the far side of it.
-* **Honest before/after** -- k-fold cross-validation with folds by *phase* (retries of one phase stay
-  in one fold: how new phases fare), k adapting to the number of distinct phases, and a split by
-  time (calibrate on the oldest 70 %, judge the rest: how a calibration is used, retries of earlier
-  phases included). Metrics are re-predicted, never the predictions stored in telemetry.
+  *applied* only with ``min_samples`` clean phases and ``min_confidence``.
+* **Size elasticity** -- within groups, residuals are regressed on log(deliverables) (shrunk toward
+  the current exponent by the slope's standard error): large phases write less per file.
+* **Buffer** (``_buffer_policy``) -- the objective is stated in ``frontier``: a miss costs the lost
+  attempt plus its retry, a reservation only capacity, and the default operating point is at most
+  5 % misses with the smallest P90 waste. The global buffer is the blend of the empirical quantile
+  of phase residuals (a truncation at C counts as a miss for any budget <= C, never as an
+  extrapolated need, so a few truncations cannot drive it to the ceiling) and a normal quantile of
+  their robust spread, aimed below the miss target by the scatter a later evaluation will show.
+  Group buffers are shrunk toward it by ``n / (n + BUFFER_SHRINKAGE)``. Every buffer is capped:
+  at most ``MAX_BUFFER_GROWTH`` times what the current model serves those phases (unless
+  ``LARGE_EVIDENCE`` phases back it) and never above ``MAX_BUFFER``. A learned all-phases buffer
+  replaces the P7/P9 rule buffers (one measured buffer beats rules measured nowhere).
+* **Phase memory** -- exact repeats of a phase reuse their own history, weighted by how much of
+  the spread is the phase rather than the attempt (estimated from repeated phases); with enough
+  retries their own buffer policy is chosen on held-out retries.
+* **Honest before/after and a verdict** -- k-fold cross-validation with folds by *phase* (retries of
+  one phase stay in one fold), one outcome per distinct phase, and the miss / waste frontier of the
+  current model and the candidate on the same held-out phases; ``promotion.promotion_verdict``
+  decides from them whether the candidate may be promoted. A split by time (calibrate on the oldest
+  70 %, judge the rest) is reported too. Metrics are re-predicted, never the predictions stored in
+  telemetry.
 
 ``split_by_phase`` / ``split_by_time`` make honest train/held-out splits (``synthetic.py``
-generates telemetry).
+generates telemetry, ``crossval.py`` runs the grouped-by-run protocol real telemetry was judged by).
 """
 
 from __future__ import annotations
@@ -237,25 +232,19 @@ def evaluate(model: TokenModel, events: Sequence[TrainingEvent]) -> AccuracyMetr
 def distinct_phases(events: Sequence[TrainingEvent]) -> list[TrainingEvent]:
     """One outcome per phase (same goal and deliverables), in order of first appearance.
 
-    A phase with a clean attempt is its median clean output; one that only truncated is its largest
-    truncation (a lower bound); one that only failed is its largest failed output.
+    A phase with a clean attempt is its first clean attempt (as ``phase_units``); one that only
+    truncated is its largest truncation (a lower bound); one that only failed is its largest failed
+    output. ``events`` must be in time order.
     """
     by_phase: dict[str, list[TrainingEvent]] = {}
     for event in events:
         by_phase.setdefault(phase_fingerprint(event.phase), []).append(event)
     units = []
     for attempts in by_phase.values():
-        clean = sorted(e.actual_output_tokens for e in attempts if e.clean)
+        clean = [e for e in attempts if e.clean]
         truncated = [e for e in attempts if e.truncated]
         if clean:
-            units.append(
-                replace(
-                    attempts[0],
-                    actual_output_tokens=clean[(len(clean) - 1) // 2],
-                    success=True,
-                    truncated=False,
-                )
-            )
+            units.append(clean[0])
         elif truncated:
             units.append(max(truncated, key=lambda e: e.actual_output_tokens))
         else:
@@ -541,9 +530,10 @@ def phase_units(rows: Sequence[_Row]) -> list[_Row]:
     """One row per phase (same goal and deliverables): retries must not outvote the other phases.
 
     Up to 6 identical retries of one phase were seen in real telemetry; counted per event they
-    decided both the factors and the buffers. A phase with a clean attempt is that attempt (the
-    median of its clean attempts); one that only truncated is a single lower bound at its largest
-    truncation, however many copies; one that only failed says nothing about its need and is left out.
+    decided both the factors and the buffers. A phase with a clean attempt is its first clean
+    attempt (what a new phase writes: later ones may only complete what is missing); one that only
+    truncated is a single lower bound at its largest truncation, however many copies; one that only
+    failed says nothing about its need and is left out. ``rows`` must be in time order.
     """
     by_phase: dict[str, list[_Row]] = {}
     for row in rows:
@@ -553,8 +543,7 @@ def phase_units(rows: Sequence[_Row]) -> list[_Row]:
         clean = [r for r in attempts if r.clean]
         truncated = [r for r in attempts if r.truncated]
         if clean:
-            middle = statistics.median(r.log_ratio for r in clean)
-            units.append(replace(min(clean, key=lambda r: abs(r.log_ratio - middle)), log_ratio=middle))
+            units.append(clean[0])
         elif truncated:
             units.append(max(truncated, key=lambda r: r.log_ratio))
     return units
@@ -584,9 +573,9 @@ def _estimate_level(
     confidence = _confidence(sigma_for_conf, n_eff)
     reason = ""
     if len(clean) < min_samples:
-        reason = f"{len(clean)} clean samples < min_samples {min_samples}"
+        reason = f"{len(clean)} finished phases, fewer than the {min_samples} needed (min_samples)"
     elif confidence < min_confidence:
-        reason = f"confidence {confidence:.2f} < min_confidence {min_confidence:.2f}"
+        reason = f"too scattered to trust (confidence {confidence:.2f} < min_confidence {min_confidence:.2f})"
     return _Level(key, len(clean), n_eff, location, sigma, confidence, not reason, reason)
 
 
@@ -813,24 +802,25 @@ def _fit(
             f"{len(rows)} events come from {len(units)} distinct phases with a usable outcome: "
             "each phase counts once, however often it was retried"
         )
-    levels = _estimate_levels([u for u in units if u.clean], current_global, min_samples, min_confidence)
+    levels = _estimate_levels(units, current_global, min_samples, min_confidence)
     count_exponent = base.count_exponent
     slope = _count_slope(units, levels, base.count_exponent)
     if slope:
         count_exponent = round(base.count_exponent + slope, 4)
         rows = [replace(r, log_ratio=r.log_ratio - slope * r.log_count) for r in rows]
         units = [replace(r, log_ratio=r.log_ratio - slope * r.log_count) for r in units]
-        levels = _estimate_levels([u for u in units if u.clean], current_global, min_samples, min_confidence)
+        levels = _estimate_levels(units, current_global, min_samples, min_confidence)
         notes.append(
-            f"larger phases write less per file than the model assumed: predictions now scale with "
-            f"(deliverables / {base.count_reference:g}) to the power {count_exponent:+.2f}"
+            f"larger phases write {'less' if slope < 0 else 'more'} per file than the model assumed: "
+            f"predictions now scale with (deliverables / {base.count_reference:g}) to the power "
+            f"{count_exponent:+.2f}"
         )
 
     def applied_level(row: _Row) -> _Level | None:
         return _applied(levels, row)
 
     coverage = 1.0 - target_miss_rate
-    policy = _buffer_policy(units, levels, applied_level, _allowed_miss(target_miss_rate, len(units)))
+    policy = _buffer_policy(units, levels, applied_level, 0.7 * target_miss_rate)
     notes += policy.notes
     corrections: dict[tuple[str, str], GroupCorrection] = {}
     for key, level in levels.items():
@@ -883,19 +873,20 @@ def _fit(
             memory_fields["memory_repeat_factor"] = round(math.exp(offset), 4)
             memory_fields["memory_buffer_z"] = round(max(0.0, _tail_quantile(shifted, coverage)[0]), 4)
     if memory:
-        notes.append(
-            f"phase memory: {len(memory)} distinct phases remembered; "
-            + (
-                f"attempt spread {within:.2f} vs phase spread {memory_fields['memory_between_sigma']:.2f} (log)"
-                + (
-                    f"; a repeat comes out x{memory_fields['memory_repeat_factor']:.2f} of what its history "
-                    "suggests (learned from retries in time order)"
-                    if "memory_repeat_factor" in memory_fields
-                    else ""
-                )
-                if within is not None
-                else "no phase with two clean attempts yet: prior weight kept"
+        detail = ""
+        if within is not None:
+            detail = (
+                f" (attempts of one phase differ by about x{math.exp(within):.2f}, phases among themselves "
+                f"by x{math.exp(memory_fields['memory_between_sigma']):.2f})"
             )
+            if "memory_repeat_factor" in memory_fields:
+                detail += (
+                    f"; a retry writes about x{memory_fields['memory_repeat_factor']:.2f} of what its earlier "
+                    "attempts suggest"
+                )
+        notes.append(
+            f"{len(memory)} phases remembered: a retry of one of them is budgeted from its own earlier "
+            f"attempts{detail}"
         )
     params = replace(
         base,
@@ -1251,8 +1242,8 @@ def calibrate(
     failed = sum(1 for e in events if not e.success and not e.truncated)
     notes.insert(
         0,
-        f"{len(events)} events: {clean_count} clean (learned from), {truncated} truncated "
-        f"(lower bounds), {failed} failed (buffer only)",
+        f"{len(events)} events: {clean_count} finished normally (learned from), {truncated} ran out of "
+        f"tokens (they only show that more was needed), {failed} failed early (not used to size phases)",
     )
 
     # Held-out evaluation: folds by phase so retries of a phase never sit on both sides.
@@ -1318,21 +1309,27 @@ def calibrate(
             )
             policy = retry_choice.policy
             notes.append(
-                f"retries judged on their own ({len(repeats)} held-out retries, each predicted from the "
-                f"attempts before it, weighted by how far apart they are): memory buffer z {policy.memory_z:.2f}, largest-output margin "
-                f"x{policy.memory_margin:g} -> budget misses {retry_choice.miss_rate:.1%}, P90 waste "
-                f"{retry_choice.waste_p90:.2f}x"
+                f"retries judged on their own ({len(repeats)} held-out retries, each budgeted from the "
+                f"attempts before it): they would run out of tokens {retry_choice.miss_rate:.1%} of the time, "
+                f"P90 waste {retry_choice.waste_p90:.2f}x"
             )
         candidate = replace(
             final.params, memory_buffer_z=round(policy.memory_z, 4), memory_margin=policy.memory_margin
         )
-        notes.append(f"before/after: {folds}-fold cross-validation over {len(phases)} distinct phases")
+        notes.append(
+            f"before/after: each of {len(phases)} distinct phases was predicted by a model calibrated "
+            f"without it ({folds} rounds), and counted once however often it was retried"
+        )
     else:
         before_outcomes = predict_outcomes(base_model, distinct_phases(events))
         after_outcomes = predict_outcomes(TokenModel(candidate), distinct_phases(events))
-        notes.append("too few distinct phases for held-out evaluation: before/after are in-sample")
+        notes.append(
+            "too few distinct phases to test on unseen ones: before/after are measured on the phases "
+            "the candidate learned from"
+        )
 
     groups = []
+    unlearned: list[str] = []
     for key, level in sorted(final.levels.items(), key=lambda item: _level_order(item[0])):
         match = _matcher(key)
         before_smape = _median_smape([o for o in before_outcomes if match(o)])
@@ -1353,14 +1350,16 @@ def calibrate(
             )
         )
         if not level.applied and key != (ANY, ANY):
-            notes.append(f"{key[0]}/{key[1]} keeps the prior: {level.reason}")
+            unlearned.append(f"{key[0]}/{key[1]}: {level.reason}")
+    if unlearned:
+        notes.append("no correction of their own (a broader one applies): " + "; ".join(unlearned))
     time_split = None
     if time_split_fraction is not None:
         time_split = time_split_evaluation(events, base, fraction=time_split_fraction, seed=seed, **settings)
         if time_split is not None:
             notes.append(
-                f"time split (calibrated on the first {time_split.calibration_events} events, judged on the "
-                f"last {time_split.held_out_events}, {time_split.repeats} of them repeats of earlier phases): "
+                f"time split: calibrated on the first {time_split.calibration_events} events and tried on the "
+                f"last {time_split.held_out_events} ({time_split.repeats} of them retries of earlier phases): "
                 f"before {describe_metrics(time_split.before)}; after {describe_metrics(time_split.after)}"
             )
     report = CalibrationReport(

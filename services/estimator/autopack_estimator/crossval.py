@@ -84,7 +84,9 @@ class PooledResult:
     hindsight_frontier: list[FrontierPoint]
 
 
-def pooled(results: Sequence[RunCrossValidation], max_miss_rate: float = DEFAULT_MAX_MISS_RATE) -> PooledResult:
+def pooled(
+    results: Sequence[RunCrossValidation], max_miss_rate: float = DEFAULT_MAX_MISS_RATE
+) -> PooledResult:
     """Pool the held-out phases of several cross-validations: figures from many small sets at once."""
     default_items = [item for r in results for item in r.default_items]
     calibrated_items = [item for r in results for item in r.calibrated_items]

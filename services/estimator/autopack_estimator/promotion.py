@@ -78,9 +78,8 @@ def promotion_verdict(report: Any, max_miss_rate: float = DEFAULT_MAX_MISS_RATE)
             f"worst tenth of phases, where the current model needs {reference:.2f}x for as few misses; "
             f"tolerance +{WASTE_TOLERANCE:.0%})"
         )
-    elif (
-        before.budget_miss_rate <= after.budget_miss_rate
-        and after.waste_p90 > before.waste_p90 * (1.0 + DOMINATED_TOLERANCE)
+    elif before.budget_miss_rate <= after.budget_miss_rate and after.waste_p90 > before.waste_p90 * (
+        1.0 + DOMINATED_TOLERANCE
     ):
         reasons.append(
             f"P90 waste: it reserves more tokens ({after.waste_p90:.2f}x against {before.waste_p90:.2f}x for the "

@@ -44,7 +44,7 @@ from autopack.estimator.v1 import estimator_pb2
 
 from autopack_estimator.calibration import TrainingEvent
 from autopack_estimator.features import CATEGORIES, COMPLEXITIES, PhaseInput
-from autopack_estimator.metrics import AccuracyMetrics, Outcome, accuracy
+from autopack_estimator.metrics import AccuracyMetrics, Outcome, accuracy, is_budget_miss
 from autopack_estimator.model import ModelParameters, TokenModel, round_up
 
 #: Shapes ``synthetic_events`` can generate.
@@ -90,7 +90,11 @@ def oracle_accuracy(samples: Sequence[SyntheticSample], target_miss_rate: float 
         return max(1, math.ceil(sample.need_tokens * buffer))
 
     def miss_rate(buffer: float) -> float:
-        misses = sum(1 for s in samples if s.event.actual_output_tokens > budget(s, buffer))
+        misses = sum(
+            1
+            for s in samples
+            if is_budget_miss(budget(s, buffer), s.event.actual_output_tokens, s.event.truncated)
+        )
         return misses / len(samples)
 
     low, high = 0.0, math.log(1000.0)  # log buffer: x1 may already be enough, x1000 always is
