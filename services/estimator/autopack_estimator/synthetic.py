@@ -507,12 +507,14 @@ _RUN_GROUP_SIGMA = 0.25
 #: The shipped model under-predicted real runs (18.8 % budget misses): the truth sits this much above it (log).
 _RUN_BIAS = 0.2
 _RUN_MAX_ATTEMPTS = 6
+#: Events per set of 6 runs: 5 folds by run then train on 50-70 events, as the real export did.
+_RUN_SET_SIZE = (64, 86)
 
 
 def legacy_run_telemetry(seed: int = 0, *, runs: int = 6) -> list[estimator_pb2.TelemetryEvent]:
     """Telemetry shaped like the real export the estimator was judged on, grouped in ``runs`` runs.
 
-    Per set (about 75-90 events, so 4 of 5 run-folds hold 50-70 events):
+    Per set of 6 runs (64-86 events, so 4 of 5 run-folds hold about 50-70 events):
 
     * 5-10 phases per run; categories drawn so some hold only 1-3 phases; labels as the old system
       wrote them (``IMPLEMENT_FEATURE``, ``documentation``, upper case, a documents-only phase
@@ -531,7 +533,15 @@ def legacy_run_telemetry(seed: int = 0, *, runs: int = 6) -> list[estimator_pb2.
     """
     if runs < 1:
         raise ValueError("runs must be >= 1")
-    rng = random.Random(seed)
+    for attempt in range(1000):  # deterministic: redraw until the set has the real export's size
+        events = _legacy_runs(random.Random(f"{seed}-{attempt}"), runs)
+        if runs != 6 or _RUN_SET_SIZE[0] <= len(events) <= _RUN_SET_SIZE[1]:
+            return events
+    raise AssertionError("unreachable: most draws have the size")
+
+
+def _legacy_runs(rng: random.Random, runs: int) -> list[estimator_pb2.TelemetryEvent]:
+    """One draw of ``legacy_run_telemetry``."""
     default = ModelParameters.default()
     raw_model = TokenModel(replace(default, corrections=(), phase_memory=()))
     drift = {category: math.exp(rng.gauss(_RUN_BIAS, _RUN_GROUP_SIGMA)) for category in CATEGORIES}
@@ -540,7 +550,7 @@ def legacy_run_telemetry(seed: int = 0, *, runs: int = 6) -> list[estimator_pb2.
     start = datetime(2025, 12, 1, tzinfo=UTC)
     events: list[estimator_pb2.TelemetryEvent] = []
     for run in range(runs):
-        run_id = f"legacy-run-{seed}-{run}"
+        run_id = f"legacy-run-{run}"
         ceiling = rng.choice(OLD_CEILINGS)
         clock = start + timedelta(days=run)
         for index in range(rng.randint(5, 10)):
