@@ -564,3 +564,44 @@ def test_replay_needs_options_first_and_a_candidate(estimator, make_event) -> No
         )
     )
     assert unknown.code() == grpc.StatusCode.NOT_FOUND and unknown.details().startswith("candidate_version:")
+
+
+def test_a_worse_candidate_is_stored_rejected_and_cannot_be_promoted_without_force(
+    estimator, worse_candidate_telemetry
+) -> None:  # type: ignore[no-untyped-def]
+    estimator.stub.ImportTelemetry(iter(worse_candidate_telemetry), timeout=TIMEOUT)
+    response = _calibrate(estimator)
+    report, version = response.report, response.candidate_version
+    assert not report.promote and report.rejection_reasons
+    metric = report.rejection_reasons[0].split(":")[0]
+    assert metric in ("median SMAPE", "budget misses", "P90 waste")
+    assert report.recommendation.startswith(f"Do not promote it: {metric}")
+    assert report.frontier and report.baseline_frontier
+
+    models = estimator.stub.ListModels(estimator_pb2.ListModelsRequest(), timeout=TIMEOUT)
+    stored = next(m for m in models.models if m.version == version)
+    assert stored.status == estimator_pb2.MODEL_STATUS_REJECTED
+    assert list(stored.status_reasons) == list(report.rejection_reasons)
+    assert "(rejected)" in stored.summary
+
+    with pytest.raises(grpc.RpcError) as refused:
+        estimator.stub.PromoteModel(estimator_pb2.PromoteModelRequest(version=version), timeout=TIMEOUT)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert metric in refused.value.details() and "force" in refused.value.details()
+    # Nothing changed: the default is still served and the candidate still rejected.
+    assert estimator.stub.ListModels(estimator_pb2.ListModelsRequest(), timeout=TIMEOUT).promoted_version == (
+        "default-1"
+    )
+    assert estimator.store.get_model(version).status == "rejected"
+    assert estimator.stub.Estimate(estimate_request(), timeout=TIMEOUT).model_version == "default-1"
+
+    forced = estimator.stub.PromoteModel(
+        estimator_pb2.PromoteModelRequest(version=version, force=True), timeout=TIMEOUT
+    )
+    assert (
+        forced.model.status == estimator_pb2.MODEL_STATUS_PROMOTED and forced.previous_version == "default-1"
+    )
+    assert not forced.model.status_reasons
+    assert estimator.stub.Estimate(estimate_request(), timeout=TIMEOUT).model_version == version
+    # force is only needed for rejected versions: rolling back to the default needs none.
+    estimator.stub.PromoteModel(estimator_pb2.PromoteModelRequest(version="default-1"), timeout=TIMEOUT)
