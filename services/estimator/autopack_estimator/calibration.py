@@ -820,7 +820,7 @@ def _fit(
         return _applied(levels, row)
 
     coverage = 1.0 - target_miss_rate
-    policy = _buffer_policy(units, levels, applied_level, 0.7 * target_miss_rate)
+    policy = _buffer_policy(units, levels, applied_level, _allowed_miss(target_miss_rate, len(units)))
     notes += policy.notes
     corrections: dict[tuple[str, str], GroupCorrection] = {}
     for key, level in levels.items():
