@@ -133,7 +133,7 @@ METRIC_ROWS: tuple[tuple[str, str, str, bool], ...] = (
     ("median_smape", "median SMAPE (clean)", "pct", True),
     ("underestimation_rate", "underestimation rate (clean)", "rate", True),
     ("truncation_rate", "truncation rate", "rate", True),
-    ("budget_miss_rate", "budget-miss rate (actual > budget)", "rate", True),
+    ("budget_miss_rate", "budget-miss rate (over budget or truncated at it)", "rate", True),
     ("waste_p50", "waste ratio P50", "ratio", True),
     ("waste_p90", "waste ratio P90", "ratio", True),
 )

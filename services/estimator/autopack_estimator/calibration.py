@@ -84,8 +84,6 @@ _MIN_SLOPE_EVENTS = 30
 _SLOPE_TAU = 0.15
 _SLOPE_MIN, _SLOPE_MAX = -0.7, 0.3
 
-#: Held-out events needed before the miss/waste trade-off is tuned on them (fewer: too noisy).
-_MIN_TRADE_OFF_EVENTS = 100
 
 #: Retries needed before their own offset, tail and held-out policy are learned.
 _MIN_REPEATS = 30
@@ -112,8 +110,6 @@ BUFFER_SHRINKAGE = 10.0
 #: Memory policy search on held-out retries: buffer z range and largest-output margins (0 = none).
 _MEMORY_Z_MIN, _MEMORY_Z_MAX = 0.05, 6.0
 _MEMORY_MARGINS = (1.15, 1.0, 0.0)
-#: The quality bar's P90 waste target (seeds: "waste ratio P90 < 3x"), for the notes.
-DEFAULT_TARGET_WASTE_P90 = 3.0
 #: Factors are kept within this range: beyond it the structural model, not a factor, is wrong.
 _FACTOR_MIN, _FACTOR_MAX = 0.05, 20.0
 
@@ -1161,11 +1157,6 @@ def build_phase_memory(events: Sequence[TrainingEvent], base: ModelParameters) -
     carried = [m for m in base.phase_memory if m.fingerprint not in fresh]
     merged = carried + list(fresh.values())  # insertion order ~ age: base first, then events in order
     return tuple(merged[-base.max_phase_memory :]) if base.max_phase_memory > 0 else ()
-
-
-def _predictive_sigma(level: _Level) -> float:
-    """Scale of a new observation: residual spread plus the uncertainty of the location itself."""
-    return level.sigma * math.sqrt(1.0 + 1.0 / max(1.0, level.n_eff))
 
 
 def _correction_order(c: GroupCorrection) -> tuple[int, str, str]:

@@ -27,10 +27,12 @@ How a phase becomes a budget (every step shows up as a breakdown term):
    2.2 only for ``doc_synthesis``/``doc_sot_update``. The seeds applied these on top of an estimate
    that already carried a x1.3 safety margin; our point prediction is a median, so outside the
    two phase models the rule buffer is multiplied by that 1.3 (``buffer_multiplier`` reports the
-   product, e.g. 1.56 by default). A calibrated group uses the buffer learned from its residual
-   distribution instead (a high quantile of actual/predicted, truncations as lower bounds), served
-   through the stored ``BufferShape`` that calibration chose on held-out data; a repeat uses the
-   spread of repeats when that is tighter.
+   product, e.g. 1.56 by default). A calibrated model uses the buffers it learned instead (the
+   miss/waste objective and the cap are in ``calibration`` and ``frontier``): a group's own, else
+   the all-phases one, which replaces the rule buffers in calibrations since the budget-policy
+   rework (``learned_buffer_replaces_rules``; older versions only let it raise them); a repeat uses
+   the spread of repeats when that is tighter. ``BufferShape`` is kept so older stored versions
+   serve as they did.
 
 3. **selected_budget** = prediction x buffer, raised to a category-aware floor (code phases keep
    a higher floor than docs-like ones, BUILD-142), rounded up to a multiple of 256. It is the
