@@ -605,3 +605,51 @@ def test_a_worse_candidate_is_stored_rejected_and_cannot_be_promoted_without_for
     assert estimator.stub.Estimate(estimate_request(), timeout=TIMEOUT).model_version == version
     # force is only needed for rejected versions: rolling back to the default needs none.
     estimator.stub.PromoteModel(estimator_pb2.PromoteModelRequest(version="default-1"), timeout=TIMEOUT)
+
+
+def test_the_real_telemetry_protocol_through_the_service_matches_the_domain_cross_validation(
+    estimator,
+) -> None:  # type: ignore[no-untyped-def]
+    """Import 4 folds, Calibrate, PromoteModel, Estimate every phase of the 5th: what the bench computes."""
+    from autopack_estimator.calibration import calibrate, distinct_phases
+    from autopack_estimator.crossval import folds_by_run
+    from autopack_estimator.model import ModelParameters, TokenModel
+    from autopack_estimator.service import imported_record, training_event
+    from autopack_estimator.synthetic import legacy_run_telemetry
+
+    messages = sorted(legacy_run_telemetry(0), key=lambda m: m.timestamp.ToDatetime())
+    folds = folds_by_run([m.run_id for m in messages])
+    train = [m for m in messages if folds[m.run_id] != 0]
+    held = [m for m in messages if folds[m.run_id] == 0]
+    estimator.stub.ImportTelemetry(iter(train), timeout=TIMEOUT)
+    response = _calibrate(estimator)
+    assert response.report.promote, response.report.rejection_reasons
+    estimator.stub.PromoteModel(
+        estimator_pb2.PromoteModelRequest(version=response.candidate_version), timeout=TIMEOUT
+    )
+    domain = TokenModel(
+        calibrate(
+            [training_event(imported_record(m)) for m in train], ModelParameters.default(), new_version="d"
+        ).candidate
+    )
+    phases = distinct_phases([training_event(imported_record(m)) for m in held])
+    assert len(phases) >= 5
+    for phase in (event.phase for event in phases):
+        reply = estimator.stub.Estimate(
+            estimate_request(
+                description=phase.description,
+                category=phase.category_hint,
+                complexity=phase.complexity,
+                deliverables=list(phase.deliverables),
+                scope_paths=[],
+                read_only_context=[],
+                model=phase.model,
+            ),
+            timeout=TIMEOUT,
+        )
+        expected = domain.predict(phase)
+        assert reply.model_version == response.candidate_version
+        assert (reply.predicted_output_tokens, reply.selected_budget) == (
+            expected.predicted_output_tokens,
+            expected.selected_budget,
+        )
