@@ -424,6 +424,8 @@ def print_report(report: estimator_pb2.CalibrationReport) -> None:
         "applied",
         "SMAPE before",
         "after",
+        "safety margin",
+        "cap",
     ):
         table.add_column(name, justify="left" if name in ("category", "complexity") else "right")
     for group in report.groups:
@@ -436,6 +438,8 @@ def print_report(report: estimator_pb2.CalibrationReport) -> None:
             "[green]yes[/]" if group.applied else "no",
             f"{group.smape_before:.1f}%",
             f"{group.smape_after:.1f}%",
+            f"x{group.buffer:.2f}" if group.buffer else "",
+            f"x{group.buffer_cap:.2f}" if group.buffer else "",
         )
     console.print(table)
     if report.frontier:

@@ -559,7 +559,7 @@ def _estimate_level(
     values = [(v, True) for v in clean] + [(v, False) for v in censored]
     n_eff = len(clean) + 0.5 * len(censored)
     if not clean:
-        return _Level(key, 0, n_eff, prior_location, prior_sigma, 0.0, False, "no clean samples")
+        return _Level(key, 0, n_eff, prior_location, prior_sigma, 0.0, False, "no phase finished normally")
     raw_location = _location(values)
     measured = _scale(values, len(clean))
     sigma_for_conf = measured if measured is not None else prior_sigma
@@ -569,7 +569,7 @@ def _estimate_level(
     confidence = _confidence(sigma_for_conf, n_eff)
     reason = ""
     if len(clean) < min_samples:
-        reason = f"{len(clean)} finished phases, fewer than the {min_samples} needed (min_samples)"
+        reason = f"{len(clean)} finished, fewer than the {min_samples} needed (min_samples)"
     elif confidence < min_confidence:
         reason = f"too scattered to trust (confidence {confidence:.2f} < min_confidence {min_confidence:.2f})"
     return _Level(key, len(clean), n_eff, location, sigma, confidence, not reason, reason)
@@ -718,12 +718,14 @@ def _buffer_policy(
     levels: Mapping[tuple[str, str], _Level],
     applied_level: Callable[[_Row], _Level | None],
     target_miss_rate: float,
+    operating_point: float,
 ) -> _BufferPolicy:
     """Buffers per applied level, from the residuals of distinct phases (see ``calibrate``).
 
-    1. A global buffer: a blend of the empirical quantile (truncations counted at their bound) and
-       a normal quantile of the robust spread; the empirical one gets weight n / (n + 1/miss rate),
-       because a tail quantile means little before about 1/miss-rate phases are seen.
+    1. A global buffer for ``target_miss_rate`` (set below ``operating_point`` by the caller, with
+       room for the scatter of a later evaluation): a blend of the empirical quantile (truncations
+       counted at their bound) and a normal quantile of the robust spread; the empirical one gets
+       weight n / (n + 1/miss rate): a tail quantile means little before about 1/miss-rate phases.
     2. A level's buffer is the global one stretched by its own spread, shrunk toward the global
        buffer by n / (n + BUFFER_SHRINKAGE) with n its distinct phases: 1-3 phases move it little.
     3. Every buffer is capped: never above ``MAX_BUFFER``, and never more than ``MAX_BUFFER_GROWTH``
@@ -767,8 +769,8 @@ def _buffer_policy(
     notes = []
     if (ANY, ANY) in buffers:
         notes.append(
-            f"safety margin for all phases x{buffers[(ANY, ANY)]:.2f}, set so that about "
-            f"{target_miss_rate:.0%} of {n} distinct phases would have needed more"
+            f"safety margin for all phases x{buffers[(ANY, ANY)]:.2f}: about {target_miss_rate:.1%} of {n} "
+            f"distinct phases would have needed more (aimed under {operating_point:.0%}, leaving room for chance)"
         )
     if capped:
         notes.append(
@@ -816,7 +818,9 @@ def _fit(
         return _applied(levels, row)
 
     coverage = 1.0 - target_miss_rate
-    policy = _buffer_policy(units, levels, applied_level, _allowed_miss(target_miss_rate, len(units)))
+    policy = _buffer_policy(
+        units, levels, applied_level, _allowed_miss(target_miss_rate, len(units)), target_miss_rate
+    )
     notes += policy.notes
     corrections: dict[tuple[str, str], GroupCorrection] = {}
     for key, level in levels.items():
@@ -1341,7 +1345,7 @@ def calibrate(
             )
         )
         if not level.applied and key != (ANY, ANY):
-            unlearned.append(f"{key[0]}/{key[1]}: {level.reason}")
+            unlearned.append(f"{key[0]}/{key[1]} ({level.reason})")
     if unlearned:
         notes.append("no correction of their own (a broader one applies): " + "; ".join(unlearned))
     time_split = None
