@@ -10,12 +10,19 @@ misses, and never a buffer above the cap.
 from __future__ import annotations
 
 import json
+import statistics
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from autopack_estimator.calibration import LARGE_EVIDENCE, MAX_BUFFER, MAX_BUFFER_GROWTH
+from autopack_estimator.calibration import (
+    LARGE_EVIDENCE,
+    MAX_BUFFER,
+    MAX_BUFFER_GROWTH,
+    calibrate,
+    distinct_phases,
+)
 from autopack_estimator.crossval import (
     RunCrossValidation,
     RunEvent,
@@ -163,8 +170,30 @@ def test_buffers_never_exceed_the_cap(results, sample_result) -> None:  # type: 
                         if (c.category, c.complexity) == (group.category, group.complexity)
                     )
                     assert learned.buffer == pytest.approx(group.buffer)
-                    if group.samples < LARGE_EVIDENCE:  # growth beyond x1.5 needs large evidence
-                        assert group.buffer_cap <= MAX_BUFFER_GROWTH * 2.2 * 1.3 + 1e-9
+
+
+def test_the_cap_is_x1_5_what_the_current_model_serves_those_phases(legacy_sets) -> None:  # type: ignore[no-untyped-def]
+    events = [e.event for e in as_run_events(legacy_sets[1])]
+    result = calibrate(events, DEFAULT, new_version="c", time_split_fraction=None)
+    model = TokenModel(DEFAULT)
+    phases = distinct_phases(events)
+    checked = 0
+    for group in result.report.groups:
+        if not group.buffer:
+            continue
+        members = [
+            e
+            for e in phases
+            if (e.clean or e.truncated)
+            and group.category in ("*", model.predict(e.phase).category)
+            and group.complexity in ("*", model.predict(e.phase).complexity)
+        ]
+        assert len(members) < LARGE_EVIDENCE
+        reference = statistics.median(model.predict(e.phase).buffer_multiplier for e in members)
+        assert group.buffer_cap == pytest.approx(min(MAX_BUFFER, MAX_BUFFER_GROWTH * reference), abs=1e-3)
+        assert group.buffer <= group.buffer_cap + 1e-9
+        checked += 1
+    assert checked >= 2
 
 
 def test_the_served_point_is_what_estimate_would_answer(legacy_sets) -> None:  # type: ignore[no-untyped-def]
