@@ -1,4 +1,9 @@
-"""Synthetic telemetry for tests and benches, in two shapes.
+"""Synthetic telemetry for tests and benches: two event shapes and legacy-shaped runs.
+
+``legacy_run_telemetry`` makes whole sets of runs with the traits of the real export the
+estimator was judged on (50-70 training events, thin categories, labels outside the vocabulary,
+identical retries, small failures, truncations at the old 12,288 / 16,384 ceilings, a heavy tail):
+the test set of the run-grouped protocol in ``crossval``. The event shapes below feed the rest.
 
 Real telemetry is scarce (the legacy sample has 18 events), so calibration is developed against
 generated events whose truth is known. Two shapes, so a change cannot quietly fit one generator:
