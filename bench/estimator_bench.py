@@ -556,6 +556,13 @@ def protocol_sections(quick: bool) -> list[Section]:
                      f"{result.default.median_smape:.1f}%", f"{100 * hindsight.miss_rate:.1f}%",
                      f"{hindsight.waste_p50:.2f}x", f"{hindsight.waste_p90:.2f}x", ""]
                 )  # fmt: skip
+            table.notes.append(
+                f"{name}, per event (retries counted again): default "
+                + " / ".join(_protocol_cells(result.default_events))
+                + "; calibrated (guarded) "
+                + " / ".join(_protocol_cells(result.calibrated_events))
+                + " (median SMAPE / misses / waste P50 / P90)"
+            )
             served = next(p for p in result.calibrated_frontier if p.chosen)
             own = waste_at(result.calibrated_frontier, served.miss_rate)
             reference = waste_at(result.default_frontier, served.miss_rate)

@@ -69,6 +69,8 @@ class RunCrossValidation:
     calibrated_items: list[HeldOutBudget]
     default_outcomes: list[Outcome]
     calibrated_outcomes: list[Outcome]
+    default_event_outcomes: list[Outcome]  # every held-out event, retries included
+    calibrated_event_outcomes: list[Outcome]
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class PooledResult:
     default_frontier: list[FrontierPoint]
     calibrated_frontier: list[FrontierPoint]
     hindsight_frontier: list[FrontierPoint]
+    default_events: AccuracyMetrics  # per event, retries included
+    calibrated_events: AccuracyMetrics
 
 
 def pooled(
@@ -102,6 +106,8 @@ def pooled(
         default_frontier=mark_chosen(scaled_frontier(default_items), 1.0),
         calibrated_frontier=mark_chosen(scaled_frontier(calibrated_items), 1.0),
         hindsight_frontier=hindsight_frontier,
+        default_events=accuracy([o for r in results for o in r.default_event_outcomes]),
+        calibrated_events=accuracy([o for r in results for o in r.calibrated_event_outcomes]),
     )
 
 
@@ -197,4 +203,6 @@ def cross_validate_by_run(
         calibrated_items=calibrated_items,
         default_outcomes=default_outcomes,
         calibrated_outcomes=calibrated_outcomes,
+        default_event_outcomes=default_per_event,
+        calibrated_event_outcomes=calibrated_per_event,
     )
