@@ -8,7 +8,7 @@ when any of the three figures is worse beyond its tolerance:
   more than chance explains when that is larger (``smape_noise`` of the report: two standard errors
   of the paired per-phase differences -- 30 held-out phases move a median by several points).
   When the current model misses more budgets than the operating point and the candidate brings
-  them within it, misses come first: only a clearly less accurate candidate
+  them within it or halves them, misses come first: only a clearly less accurate candidate
   (``SMAPE_TOLERANCE_FIXING_MISSES`` points) is refused;
 * **budget misses**: above both the current model's + ``MISS_TOLERANCE`` and the operating point
   (``DEFAULT_MAX_MISS_RATE``): trading misses for waste is fine while misses stay within the aim;
@@ -59,7 +59,9 @@ def promotion_verdict(report: Any, max_miss_rate: float = DEFAULT_MAX_MISS_RATE)
         return PromotionVerdict(False, (reason,), f"Do not promote it: {reason}.")
     reasons = []
     smape_tolerance = max(SMAPE_TOLERANCE, getattr(report, "smape_noise", 0.0))
-    if before.budget_miss_rate > max_miss_rate >= after.budget_miss_rate:
+    if before.budget_miss_rate > max_miss_rate and after.budget_miss_rate <= max(
+        max_miss_rate, before.budget_miss_rate / 2
+    ):
         smape_tolerance = max(smape_tolerance, SMAPE_TOLERANCE_FIXING_MISSES)
     if after.median_smape > before.median_smape + smape_tolerance:
         reasons.append(
