@@ -155,7 +155,7 @@ def test_frontiers_trade_misses_for_waste_and_mark_the_served_point() -> None:
 
 
 def test_halving_misses_above_the_operating_point_also_puts_misses_first() -> None:
-    halved = report(metrics(17.0, 0.111, 2.7), metrics(20.8, 0.056, 3.6))
+    halved = report(metrics(17.0, 0.111, 2.7), metrics(20.8, 0.055, 3.6))
     assert promotion_verdict(halved).promote
     not_halved = replace(halved, after=metrics(20.8, 0.08, 3.6))
     assert promotion_verdict(not_halved).reasons[0].startswith("median SMAPE")
