@@ -236,3 +236,26 @@ def test_smape_by_category_uses_category_level_groups() -> None:
         ]
     )
     assert category_smape(report) == {"docs": (20, 15), "tests": (40, 15), "all": (25, 12)}
+
+
+def test_calibrate_says_in_one_sentence_not_to_promote_a_worse_candidate_and_force_overrides(
+    cli, estimator, worse_candidate_telemetry, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    estimator.stub.ImportTelemetry(iter(worse_candidate_telemetry), timeout=30)
+    picture = tmp_path / "calibration.png"
+    code, output = cli("calibrate", "--png", str(picture))
+    assert code == 0, output
+    sentence = next(line for line in output.splitlines() if line.startswith("Do not promote it:"))
+    assert any(metric in sentence for metric in ("median SMAPE", "budget misses", "P90 waste"))
+    assert "What other safety margins would cost" in output
+    assert picture.read_bytes().startswith(PNG_SIGNATURE)
+    version = re.search(r"stored (cal-\S+) as rejected", output).group(1)  # type: ignore[union-attr]
+
+    code, output = cli("calibrate", "--promote", version)
+    assert code == 1 and "FAILED_PRECONDITION" in output and "force" in output
+    code, output = cli("estimator", "models")
+    assert code == 0 and "rejected" in output
+    code, output = cli("calibrate", "--force")
+    assert code == 2 and "--force only goes with --promote" in output
+    code, output = cli("calibrate", "--promote", version, "--force")
+    assert code == 0 and f"now serving {version}" in output

@@ -274,7 +274,7 @@ def test_accuracy_uses_clean_events_for_smape_and_all_events_for_risk(estimator,
         make_event(
             1, predicted_output_tokens=1000, actual_output_tokens=3000, selected_budget=2000, category="docs"
         ),
-        # truncated: a lower bound, only counts for the truncation rate
+        # truncated at its budget: a lower bound, so a miss of that budget; no SMAPE or waste
         make_event(
             2,
             predicted_output_tokens=1000,
@@ -297,7 +297,7 @@ def test_accuracy_uses_clean_events_for_smape_and_all_events_for_risk(estimator,
     assert overall.median_smape == pytest.approx(50.0)
     assert overall.underestimation_rate == pytest.approx(0.5)
     assert overall.truncation_rate == pytest.approx(0.25)
-    assert overall.budget_miss_rate == pytest.approx(0.25)
+    assert overall.budget_miss_rate == pytest.approx(0.5)  # over budget, and truncated at it
     assert overall.waste_p50 == pytest.approx((2.0 + 2 / 3) / 2)
     assert [g.key for g in response.by_category] == ["docs", "implementation"]
     assert [g.key for g in response.by_complexity] == ["medium"]
@@ -332,7 +332,10 @@ def test_calibrate_stores_a_candidate_but_nothing_changes_until_promoted(estimat
     candidate = response.candidate_version
     assert candidate.startswith("cal-")
     assert report.base_version == "default-1" and report.folds >= 2
-    assert report.training_events > 200 and report.before.events == report.after.events == 300
+    distinct = len({(e.description, tuple(e.deliverables)) for e in synthetic(300, 1)})
+    assert report.training_events > 200 and report.before.events == report.after.events == distinct < 300
+    assert report.promote and report.recommendation.startswith("Promote it:") and not report.rejection_reasons
+    assert next(p for p in report.frontier if p.chosen).miss_rate == report.after.budget_miss_rate
     assert report.groups and all(0 <= g.confidence <= 1 and g.factor > 0 for g in report.groups)
     assert any(g.applied for g in report.groups)
 
@@ -561,3 +564,92 @@ def test_replay_needs_options_first_and_a_candidate(estimator, make_event) -> No
         )
     )
     assert unknown.code() == grpc.StatusCode.NOT_FOUND and unknown.details().startswith("candidate_version:")
+
+
+def test_a_worse_candidate_is_stored_rejected_and_cannot_be_promoted_without_force(
+    estimator, worse_candidate_telemetry
+) -> None:  # type: ignore[no-untyped-def]
+    estimator.stub.ImportTelemetry(iter(worse_candidate_telemetry), timeout=TIMEOUT)
+    response = _calibrate(estimator)
+    report, version = response.report, response.candidate_version
+    assert not report.promote and report.rejection_reasons
+    metric = report.rejection_reasons[0].split(":")[0]
+    assert metric in ("median SMAPE", "budget misses", "P90 waste")
+    assert report.recommendation.startswith(f"Do not promote it: {metric}")
+    assert report.frontier and report.baseline_frontier
+
+    models = estimator.stub.ListModels(estimator_pb2.ListModelsRequest(), timeout=TIMEOUT)
+    stored = next(m for m in models.models if m.version == version)
+    assert stored.status == estimator_pb2.MODEL_STATUS_REJECTED
+    assert list(stored.status_reasons) == list(report.rejection_reasons)
+    assert "(rejected)" in stored.summary
+
+    with pytest.raises(grpc.RpcError) as refused:
+        estimator.stub.PromoteModel(estimator_pb2.PromoteModelRequest(version=version), timeout=TIMEOUT)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert metric in refused.value.details() and "force" in refused.value.details()
+    # Nothing changed: the default is still served and the candidate still rejected.
+    assert estimator.stub.ListModels(estimator_pb2.ListModelsRequest(), timeout=TIMEOUT).promoted_version == (
+        "default-1"
+    )
+    assert estimator.store.get_model(version).status == "rejected"
+    assert estimator.stub.Estimate(estimate_request(), timeout=TIMEOUT).model_version == "default-1"
+
+    forced = estimator.stub.PromoteModel(
+        estimator_pb2.PromoteModelRequest(version=version, force=True), timeout=TIMEOUT
+    )
+    assert (
+        forced.model.status == estimator_pb2.MODEL_STATUS_PROMOTED and forced.previous_version == "default-1"
+    )
+    assert not forced.model.status_reasons
+    assert estimator.stub.Estimate(estimate_request(), timeout=TIMEOUT).model_version == version
+    # force is only needed for rejected versions: rolling back to the default needs none.
+    estimator.stub.PromoteModel(estimator_pb2.PromoteModelRequest(version="default-1"), timeout=TIMEOUT)
+
+
+def test_the_real_telemetry_protocol_through_the_service_matches_the_domain_cross_validation(
+    estimator,
+) -> None:  # type: ignore[no-untyped-def]
+    """Import 4 folds, Calibrate, PromoteModel, Estimate every phase of the 5th: what the bench computes."""
+    from autopack_estimator.calibration import calibrate, distinct_phases
+    from autopack_estimator.crossval import folds_by_run
+    from autopack_estimator.model import ModelParameters, TokenModel
+    from autopack_estimator.service import imported_record, training_event
+    from autopack_estimator.synthetic import legacy_run_telemetry
+
+    messages = sorted(legacy_run_telemetry(0), key=lambda m: m.timestamp.ToDatetime())
+    folds = folds_by_run([m.run_id for m in messages])
+    train = [m for m in messages if folds[m.run_id] != 0]
+    held = [m for m in messages if folds[m.run_id] == 0]
+    estimator.stub.ImportTelemetry(iter(train), timeout=TIMEOUT)
+    response = _calibrate(estimator)
+    assert response.report.promote, response.report.rejection_reasons
+    estimator.stub.PromoteModel(
+        estimator_pb2.PromoteModelRequest(version=response.candidate_version), timeout=TIMEOUT
+    )
+    domain = TokenModel(
+        calibrate(
+            [training_event(imported_record(m)) for m in train], ModelParameters.default(), new_version="d"
+        ).candidate
+    )
+    phases = distinct_phases([training_event(imported_record(m)) for m in held])
+    assert len(phases) >= 5
+    for phase in (event.phase for event in phases):
+        reply = estimator.stub.Estimate(
+            estimate_request(
+                description=phase.description,
+                category=phase.category_hint,
+                complexity=phase.complexity,
+                deliverables=list(phase.deliverables),
+                scope_paths=[],
+                read_only_context=[],
+                model=phase.model,
+            ),
+            timeout=TIMEOUT,
+        )
+        expected = domain.predict(phase)
+        assert reply.model_version == response.candidate_version
+        assert (reply.predicted_output_tokens, reply.selected_budget) == (
+            expected.predicted_output_tokens,
+            expected.selected_budget,
+        )

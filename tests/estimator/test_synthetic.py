@@ -10,6 +10,7 @@ from collections import defaultdict
 import pytest
 from autopack_estimator.calibration import TrainingEvent
 from autopack_estimator.features import phase_fingerprint
+from autopack_estimator.metrics import is_budget_miss
 from autopack_estimator.model import ModelParameters, TokenModel
 from autopack_estimator.synthetic import SHAPES, oracle_accuracy, synthetic_events, synthetic_samples
 
@@ -117,7 +118,11 @@ def test_need_is_what_a_phase_of_these_features_writes_without_noise() -> None:
 
 
 def misses_at(samples: list, buffer: float) -> float:
-    over = sum(1 for s in samples if s.event.actual_output_tokens > math.ceil(s.need_tokens * buffer))
+    over = sum(
+        1
+        for s in samples
+        if is_budget_miss(math.ceil(s.need_tokens * buffer), s.event.actual_output_tokens, s.event.truncated)
+    )
     return over / len(samples)
 
 

@@ -133,7 +133,7 @@ METRIC_ROWS: tuple[tuple[str, str, str, bool], ...] = (
     ("median_smape", "median SMAPE (clean)", "pct", True),
     ("underestimation_rate", "underestimation rate (clean)", "rate", True),
     ("truncation_rate", "truncation rate", "rate", True),
-    ("budget_miss_rate", "budget-miss rate (actual > budget)", "rate", True),
+    ("budget_miss_rate", "budget-miss rate (over budget or truncated at it)", "rate", True),
     ("waste_p50", "waste ratio P50", "ratio", True),
     ("waste_p90", "waste ratio P90", "ratio", True),
 )
@@ -356,13 +356,20 @@ def calibrate(
         str | None, typer.Option("--since", help="Learn from events since (ISO time or 7d).")
     ] = None,
     png: Annotated[Path, typer.Option("--png", help="Where to write the picture.")] = Path("calibration.png"),
+    force: Annotated[
+        bool, typer.Option("--force", help="With --promote: serve a version the promotion guard rejected.")
+    ] = False,
     address: AddressOption = None,
     timeout: TimeoutOption = LONG_TIMEOUT,
 ) -> None:
     """Learn a candidate model from telemetry and report it; or promote a version with --promote."""
+    if force and promote is None:
+        raise _fail("--force only goes with --promote VERSION")
     with _stub(address) as stub:
         if promote is not None:
-            response = stub.PromoteModel(estimator_pb2.PromoteModelRequest(version=promote), timeout=timeout)
+            response = stub.PromoteModel(
+                estimator_pb2.PromoteModelRequest(version=promote, force=force), timeout=timeout
+            )
             previous = response.previous_version or "nothing"
             console.print(f"now serving [bold]{response.model.version}[/bold] (was {previous})")
             return
@@ -385,13 +392,19 @@ def calibrate(
     print_report(report)
     write_calibration_png(png, events, report)
     console.print(f"picture written to {png}")
-    if response.candidate_version:
+    console.print(f"[bold]{report.recommendation}[/bold]")
+    version = response.candidate_version
+    if not version:
+        console.print("dry run: no candidate stored")
+    elif report.promote:
         console.print(
-            f"stored candidate [bold]{response.candidate_version}[/bold] (not served yet): "
-            f"autopack calibrate --promote {response.candidate_version}"
+            f"stored candidate [bold]{version}[/bold] (not served yet): autopack calibrate --promote {version}"
         )
     else:
-        console.print("dry run: no candidate stored")
+        console.print(
+            f"stored [bold]{version}[/bold] as rejected (not served); to serve it anyway: "
+            f"autopack calibrate --promote {version} --force"
+        )
 
 
 def print_report(report: estimator_pb2.CalibrationReport) -> None:
@@ -411,6 +424,8 @@ def print_report(report: estimator_pb2.CalibrationReport) -> None:
         "applied",
         "SMAPE before",
         "after",
+        "safety margin",
+        "cap",
     ):
         table.add_column(name, justify="left" if name in ("category", "complexity") else "right")
     for group in report.groups:
@@ -423,10 +438,33 @@ def print_report(report: estimator_pb2.CalibrationReport) -> None:
             "[green]yes[/]" if group.applied else "no",
             f"{group.smape_before:.1f}%",
             f"{group.smape_after:.1f}%",
+            f"x{group.buffer:.2f}" if group.buffer else "",
+            f"x{group.buffer_cap:.2f}" if group.buffer else "",
         )
     console.print(table)
+    if report.frontier:
+        console.print(frontier_table(report))
     for note in report.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
+
+
+def frontier_table(report: estimator_pb2.CalibrationReport) -> Table:
+    """Budget misses against P90 waste at other buffer levels, current model next to the candidate."""
+    table = Table(title="What other safety margins would cost (held-out phases; * = served)")
+    for name in ("margin", "current: misses", "P90 waste", "candidate: misses", "P90 waste", "tokens lost"):
+        table.add_column(name, justify="right")
+    current = {round(p.buffer, 4): p for p in report.baseline_frontier}
+    for point in report.frontier:
+        other = current.get(round(point.buffer, 4))
+        table.add_row(
+            f"x{point.buffer:g}{' *' if point.chosen else ''}",
+            f"{100 * other.miss_rate:.1f}%" if other else "",
+            f"{other.waste_p90:.2f}x" if other else "",
+            f"{100 * point.miss_rate:.1f}%",
+            f"{point.waste_p90:.2f}x",
+            f"{100 * point.lost_share:.1f}%",
+        )
+    return table
 
 
 def category_smape(report: estimator_pb2.CalibrationReport) -> dict[str, tuple[float, float]]:
@@ -462,7 +500,7 @@ def write_calibration_png(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (scatter, bars) = plt.subplots(1, 2, figsize=(13, 5.5))
+    figure, (scatter, bars, curve) = plt.subplots(1, 3, figsize=(19, 5.5))
     clean = [e for e in events if e.success and not e.truncated]
     censored = [e for e in events if e.truncated]
     failed = [e for e in events if not e.success and not e.truncated]
@@ -514,10 +552,53 @@ def write_calibration_png(
     bars.set_title(
         f"SMAPE by category: held-out median {report.before.median_smape:.1f}% -> {report.after.median_smape:.1f}%"
     )
+    draw_frontier(curve, report)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", dpi=110)
     plt.close(figure)
+
+
+def draw_frontier(axes: Any, report: estimator_pb2.CalibrationReport) -> None:
+    """Budget misses vs P90 waste across buffer levels (held-out phases), served points marked."""
+    drawn = False
+    for points, label, color in (
+        (report.baseline_frontier, f"current ({report.base_version})", "tab:gray"),
+        (report.frontier, "candidate", "tab:blue"),
+    ):
+        if not points:
+            continue
+        drawn = True
+        axes.plot(
+            [100 * p.miss_rate for p in points],
+            [p.waste_p90 for p in points],
+            marker=".",
+            color=color,
+            label=label,
+        )
+        for point in points:
+            if point.chosen:
+                axes.scatter(
+                    [100 * point.miss_rate], [point.waste_p90], s=140, marker="*", color=color, zorder=3
+                )
+                axes.annotate(
+                    f"served x{point.buffer:g}", (100 * point.miss_rate, point.waste_p90), fontsize=8
+                )
+    if drawn:
+        axes.axvline(5.0, color="tab:red", linestyle=":", linewidth=1, label="5% misses (operating point)")
+        axes.legend(fontsize=8)
+    else:
+        axes.text(
+            0.5,
+            0.5,
+            "too few phases for a held-out frontier",
+            ha="center",
+            va="center",
+            transform=axes.transAxes,
+        )
+    axes.set_xlabel("budget misses on held-out phases, %")
+    axes.set_ylabel("P90 waste (budget / output)")
+    axes.set_title("Misses vs waste across safety margins (star = served)")
 
 
 # -- estimator replay / models / accuracy --------------------------------------------------------
@@ -636,7 +717,7 @@ def models(address: AddressOption = None, timeout: TimeoutOption = DEFAULT_TIMEO
             f"{model.created_at.ToDatetime(tzinfo=UTC):%Y-%m-%d %H:%M}",
             f"{promoted:%Y-%m-%d %H:%M}" if promoted else "",
             model.parent_version,
-            model.summary,
+            model.summary + "".join(f"\n- {reason}" for reason in model.status_reasons),
         )
     console.print(table)
 

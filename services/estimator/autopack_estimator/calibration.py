@@ -1,50 +1,45 @@
 """Calibration: learn per-group corrections and buffers from telemetry, judged on held-out data.
 
 The model's structural coefficients stay fixed; calibration learns, per group of phases, how far
-reality sits from them and how widely it scatters:
+reality sits from them and how widely it scatters. Real telemetry is small (50-70 events),
+duplicated (up to 6 identical retries of one phase), censored (truncations at old ceilings) and
+heavy-tailed, so every step is built for that:
 
+* **One phase, one vote** -- events are collapsed to distinct phases (same goal and deliverables,
+  ``phase_units``): a phase with a clean attempt is its median clean output, one that only
+  truncated is one lower bound at its largest truncation, one that only failed is left out.
 * **Location** -- a multiplicative factor on the point prediction: the median of
-  ``log(actual / raw prediction)`` (robust to outliers). Truncated events are right-censored (their
-  actual is only a lower bound), so medians and quantiles come from a Kaplan-Meier estimate that
-  treats them as ">= recorded". Failed-but-not-truncated attempts are not used for the location
-  (failure-mode outputs are not what the phase needed) but they are for the buffer, because budget
-  misses are counted on every event.
+  ``log(actual / raw prediction)`` over phases, truncated ones as lower bounds (Kaplan-Meier): a
+  badly under-predicted group truncates often, and dropping its truncations would learn far too
+  little. Failed-only phases say nothing about the need and are left out.
 * **Hierarchy and shrinkage** -- groups are (category, complexity), with (category, *) and (*, *)
-  above them. Each level's estimate is shrunk toward what would be used without it (its parent when
-  the parent knows more than the level itself, else the current model): weight ``n / (n + k)`` with
+  above them. Each level's estimate is shrunk toward its parent: weight ``n / (n + k)`` with
   ``k = (sigma / tau)^2`` clamped to 2..10, so few or noisy samples move little. A level is
-  *applied* only with ``min_samples`` clean samples and ``min_confidence``; otherwise its events
-  fall back to the parent (or keep the current model).
-* **Size elasticity** -- within groups, residuals are regressed on log(deliverables) (truncations
-  at their expected value above the bound, winsorised, shrunk toward the current exponent by the
-  slope's standard error): output rarely grows as fast as per-deliverable costs say, and one
-  global exponent fixes that for every group at once.
-* **Buffer** -- a location-scale model: each level has a robust, censoring-aware scale (KM
-  interquartile range, shrunk toward the parent's). Residuals divided by their scale are pooled over
-  all events and the quantile ``1 - target_miss_rate`` is taken (KM; where truncations hide the tail
-  it is extended with a normal tail); a level's buffer is ``exp(z * sigma)``, so tight groups get
-  small buffers and noisy ones large.
-* **Miss / waste trade-off on held-out data** -- how learned buffers are served (a ``BufferShape``:
-  overall scale, and how much of the groups' differences to keep) is chosen on the cross-validated
-  predictions: the least P90 waste whose held-out budget-miss rate stays below the target with room
-  for the scatter of a later, smaller evaluation (misses cluster by phase). When the targets cannot
-  all hold at the data's spread the notes say so with the numbers (the waste the miss target costs,
-  the misses the waste target would cost).
-* **Phase memory** -- exact repeats of a phase (same goal and deliverables; retries are common)
-  reuse their own history, weighted by how much of the spread is the phase rather than the attempt
-  (estimated from repeated phases). Retries are replayed in time order -- each predicted from the
-  attempts before it, as serving does -- to learn how far a retry sits from its history (with
-  cumulative deliverables a retry writes only what is missing) and, on held-out phases, the memory
-  buffer and largest-output margin with the least waste inside the miss target. Retries are
-  weighted by their distance from their history, because that is how often a split by time puts
-  them on the far side of it.
-* **Honest before/after** -- k-fold cross-validation with folds by *phase* (retries of one phase stay
-  in one fold: how new phases fare), k adapting to the number of distinct phases, and a split by
-  time (calibrate on the oldest 70 %, judge the rest: how a calibration is used, retries of earlier
-  phases included). Metrics are re-predicted, never the predictions stored in telemetry.
+  *applied* only with ``min_samples`` clean phases and ``min_confidence``.
+* **Size elasticity** -- within groups, residuals are regressed on log(deliverables) (shrunk toward
+  the current exponent by the slope's standard error): large phases write less per file.
+* **Buffer** (``_buffer_policy``) -- the objective is stated in ``frontier``: a miss costs the lost
+  attempt plus its retry, a reservation only capacity, and the default operating point is at most
+  5 % misses with the smallest P90 waste. The global buffer is the blend of the empirical quantile
+  of phase residuals (a truncation at C counts as a miss for any budget <= C, never as an
+  extrapolated need, so a few truncations cannot drive it to the ceiling) and a normal quantile of
+  their robust spread, aimed below the miss target by the scatter a later evaluation will show.
+  Group buffers are shrunk toward it by ``n / (n + BUFFER_SHRINKAGE)``. Every buffer is capped:
+  at most ``MAX_BUFFER_GROWTH`` times what the current model serves those phases (unless
+  ``LARGE_EVIDENCE`` phases back it) and never above ``MAX_BUFFER``. A learned all-phases buffer
+  replaces the P7/P9 rule buffers (one measured buffer beats rules measured nowhere).
+* **Phase memory** -- exact repeats of a phase reuse their own history, weighted by how much of
+  the spread is the phase rather than the attempt (estimated from repeated phases); with enough
+  retries their own buffer policy is chosen on held-out retries.
+* **Honest before/after and a verdict** -- k-fold cross-validation with folds by *phase* (retries of
+  one phase stay in one fold), one outcome per distinct phase, and the miss / waste frontier of the
+  current model and the candidate on the same held-out phases; ``promotion.promotion_verdict``
+  decides from them whether the candidate may be promoted. A split by time (calibrate on the oldest
+  70 %, judge the rest) is reported too. Metrics are re-predicted, never the predictions stored in
+  telemetry.
 
 ``split_by_phase`` / ``split_by_time`` make honest train/held-out splits (``synthetic.py``
-generates telemetry).
+generates telemetry, ``crossval.py`` runs the grouped-by-run protocol real telemetry was judged by).
 """
 
 from __future__ import annotations
@@ -57,11 +52,18 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from autopack_estimator.features import PhaseInput, phase_fingerprint
+from autopack_estimator.frontier import (
+    DEFAULT_MAX_MISS_RATE,
+    FrontierPoint,
+    HeldOutBudget,
+    held_out_item,
+    mark_chosen,
+    scaled_frontier,
+)
 from autopack_estimator.metrics import AccuracyMetrics, Outcome, accuracy, percentile, smape
 from autopack_estimator.model import (
     ANY,
     BudgetPolicy,
-    BufferShape,
     Draft,
     GroupCorrection,
     ModelParameters,
@@ -72,17 +74,16 @@ from autopack_estimator.model import (
     select_buffer,
     selected_budget,
 )
+from autopack_estimator.promotion import PromotionVerdict, promotion_verdict
 
-#: Budget-miss rate the buffers are calibrated for (the seeds' <= 2 % risk target).
-DEFAULT_TARGET_MISS_RATE = 0.02
+#: Budget-miss rate the buffers are calibrated for: the default operating point (see ``frontier``).
+DEFAULT_TARGET_MISS_RATE = DEFAULT_MAX_MISS_RATE
 
 #: Size elasticity: clean events needed, prior spread of the slope, range of the total.
 _MIN_SLOPE_EVENTS = 30
 _SLOPE_TAU = 0.15
 _SLOPE_MIN, _SLOPE_MAX = -0.7, 0.3
 
-#: Held-out events needed before the miss/waste trade-off is tuned on them (fewer: too noisy).
-_MIN_TRADE_OFF_EVENTS = 100
 
 #: Retries needed before their own offset, tail and held-out policy are learned.
 _MIN_REPEATS = 30
@@ -99,15 +100,16 @@ _TAU = 0.35
 _SIGMA_PRIOR = 0.5
 _SIGMA_MIN = 0.05
 _BUFFER_MIN = 1.05
-_BUFFER_MAX = 6.0
-_SCALE_MIN, _SCALE_MAX = 0.3, 2.5
-#: Buffer-shape powers tried on held-out data (1 first: ties keep the per-group buffers).
-_SHAPE_POWERS = (1.0, 0.75, 0.5, 0.25, 0.0)
+#: The buffer cap: no learned buffer ever exceeds MAX_BUFFER, nor MAX_BUFFER_GROWTH times what the
+#: current model serves the same phases, unless LARGE_EVIDENCE distinct phases back the group.
+MAX_BUFFER = 3.0
+MAX_BUFFER_GROWTH = 1.5
+LARGE_EVIDENCE = 60
+#: Pseudo-phases of shrinkage of a group's buffer toward the global one: weight n / (n + this).
+BUFFER_SHRINKAGE = 10.0
 #: Memory policy search on held-out retries: buffer z range and largest-output margins (0 = none).
 _MEMORY_Z_MIN, _MEMORY_Z_MAX = 0.05, 6.0
 _MEMORY_MARGINS = (1.15, 1.0, 0.0)
-#: The quality bar's P90 waste target (seeds: "waste ratio P90 < 3x"), for the notes.
-DEFAULT_TARGET_WASTE_P90 = 3.0
 #: Factors are kept within this range: beyond it the structural model, not a factor, is wrong.
 _FACTOR_MIN, _FACTOR_MAX = 0.05, 20.0
 
@@ -139,6 +141,8 @@ class GroupCalibration:
     applied: bool
     smape_before: float
     smape_after: float
+    buffer: float = 0.0  # learned buffer (0 = none: the group keeps the rule buffer or its parent's)
+    buffer_cap: float = 0.0  # the most it was allowed to be (see MAX_BUFFER, MAX_BUFFER_GROWTH)
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,7 @@ class HoldoutEvaluation:
 
 @dataclass(frozen=True)
 class CalibrationReport:
-    """Held-out evaluation and per-group corrections of one calibration."""
+    """Held-out evaluation and per-group corrections of one calibration, and whether to promote it."""
 
     before: AccuracyMetrics
     after: AccuracyMetrics
@@ -172,6 +176,10 @@ class CalibrationReport:
     base_version: str
     notes: tuple[str, ...]
     time_split: HoldoutEvaluation | None = None
+    frontier: tuple[FrontierPoint, ...] = ()  # candidate: misses vs waste at multiples of its buffers
+    baseline_frontier: tuple[FrontierPoint, ...] = ()  # the current model, same held-out events
+    verdict: PromotionVerdict | None = None
+    smape_noise: float = 0.0  # two standard errors of the paired before/after median SMAPE difference
 
 
 @dataclass(frozen=True)
@@ -215,6 +223,29 @@ def predict_outcomes(model: TokenModel, events: Sequence[TrainingEvent]) -> list
 def evaluate(model: TokenModel, events: Sequence[TrainingEvent]) -> AccuracyMetrics:
     """Accuracy of ``model`` on ``events``, re-predicting each one (not the stored prediction)."""
     return accuracy(predict_outcomes(model, events))
+
+
+def distinct_phases(events: Sequence[TrainingEvent]) -> list[TrainingEvent]:
+    """One outcome per phase (same goal and deliverables), in order of first appearance.
+
+    A phase with a clean attempt is its first clean attempt (as ``phase_units``); one that only
+    truncated is its largest truncation (a lower bound); one that only failed is its largest failed
+    output. ``events`` must be in time order.
+    """
+    by_phase: dict[str, list[TrainingEvent]] = {}
+    for event in events:
+        by_phase.setdefault(phase_fingerprint(event.phase), []).append(event)
+    units = []
+    for attempts in by_phase.values():
+        clean = [e for e in attempts if e.clean]
+        truncated = [e for e in attempts if e.truncated]
+        if clean:
+            units.append(clean[0])
+        elif truncated:
+            units.append(max(truncated, key=lambda e: e.actual_output_tokens))
+        else:
+            units.append(max(attempts, key=lambda e: e.actual_output_tokens))
+    return units
 
 
 def split_by_phase(
@@ -430,6 +461,7 @@ class _Row:
     truncated: bool
     fingerprint: str
     log_count: float = 0.0  # log(deliverables / the model's count_reference)
+    base_buffer: float = 1.0  # the buffer the base model serves this phase (the growth cap's reference)
 
 
 @dataclass
@@ -451,6 +483,8 @@ class _Fit:
     params: ModelParameters
     levels: dict[tuple[str, str], _Level]
     notes: tuple[str, ...]
+    buffers: Mapping[tuple[str, str], float]
+    caps: Mapping[tuple[str, str], float]
 
 
 def _rows(events: Sequence[TrainingEvent], base: ModelParameters) -> tuple[list[_Row], list[str]]:
@@ -480,11 +514,35 @@ def _rows(events: Sequence[TrainingEvent], base: ModelParameters) -> tuple[list[
                 truncated=event.truncated,
                 fingerprint=phase_fingerprint(event.phase),
                 log_count=math.log(max(1, raw.deliverable_count) / base.count_reference),
+                base_buffer=cur.buffer,
             )
         )
     if skipped_invalid:
         notes.append(f"{skipped_invalid} events without output tokens skipped")
     return rows, notes
+
+
+def phase_units(rows: Sequence[_Row]) -> list[_Row]:
+    """One row per phase (same goal and deliverables): retries must not outvote the other phases.
+
+    Up to 6 identical retries of one phase were seen in real telemetry; counted per event they
+    decided both the factors and the buffers. A phase with a clean attempt is its first clean
+    attempt (what a new phase writes: later ones may only complete what is missing); one that only
+    truncated is a single lower bound at its largest truncation, however many copies; one that only
+    failed says nothing about its need and is left out. ``rows`` must be in time order.
+    """
+    by_phase: dict[str, list[_Row]] = {}
+    for row in rows:
+        by_phase.setdefault(row.fingerprint, []).append(row)
+    units = []
+    for attempts in by_phase.values():
+        clean = [r for r in attempts if r.clean]
+        truncated = [r for r in attempts if r.truncated]
+        if clean:
+            units.append(clean[0])
+        elif truncated:
+            units.append(max(truncated, key=lambda r: r.log_ratio))
+    return units
 
 
 def _estimate_level(
@@ -501,7 +559,7 @@ def _estimate_level(
     values = [(v, True) for v in clean] + [(v, False) for v in censored]
     n_eff = len(clean) + 0.5 * len(censored)
     if not clean:
-        return _Level(key, 0, n_eff, prior_location, prior_sigma, 0.0, False, "no clean samples")
+        return _Level(key, 0, n_eff, prior_location, prior_sigma, 0.0, False, "no phase finished normally")
     raw_location = _location(values)
     measured = _scale(values, len(clean))
     sigma_for_conf = measured if measured is not None else prior_sigma
@@ -511,9 +569,9 @@ def _estimate_level(
     confidence = _confidence(sigma_for_conf, n_eff)
     reason = ""
     if len(clean) < min_samples:
-        reason = f"{len(clean)} clean samples < min_samples {min_samples}"
+        reason = f"{len(clean)} finished, fewer than the {min_samples} needed (min_samples)"
     elif confidence < min_confidence:
-        reason = f"confidence {confidence:.2f} < min_confidence {min_confidence:.2f}"
+        reason = f"too scattered to trust (confidence {confidence:.2f} < min_confidence {min_confidence:.2f})"
     return _Level(key, len(clean), n_eff, location, sigma, confidence, not reason, reason)
 
 
@@ -632,6 +690,97 @@ def _applied(levels: Mapping[tuple[str, str], _Level], row: _Row) -> _Level | No
     return None
 
 
+@dataclass(frozen=True)
+class _BufferPolicy:
+    buffers: dict[tuple[str, str], float]
+    caps: dict[tuple[str, str], float]
+    notes: list[str]
+
+
+def censored_quantile(residuals: Sequence[tuple[float, bool]], miss_rate: float) -> float:
+    """Smallest log buffer that misses at most ``miss_rate`` of the phases, truncations at their bound.
+
+    A truncated phase (exact = False) is only known to need more than its bound, so a buffer up to
+    the bound misses it and one just above covers it: it is never extrapolated to an unknown need.
+    """
+    if not residuals:
+        return 0.0
+    ordered = sorted(residuals, key=lambda item: -item[0])
+    allowed = math.floor(miss_rate * len(ordered) + 1e-9)
+    if allowed >= len(ordered):
+        return ordered[-1][0]
+    value, exact = ordered[allowed]
+    return value if exact else value + 1e-6
+
+
+def _buffer_policy(
+    units: Sequence[_Row],
+    levels: Mapping[tuple[str, str], _Level],
+    applied_level: Callable[[_Row], _Level | None],
+    target_miss_rate: float,
+    operating_point: float,
+) -> _BufferPolicy:
+    """Buffers per applied level, from the residuals of distinct phases (see ``calibrate``).
+
+    1. A global buffer for ``target_miss_rate`` (set below ``operating_point`` by the caller, with
+       room for the scatter of a later evaluation): a blend of the empirical quantile (truncations
+       counted at their bound) and a normal quantile of the robust spread; the empirical one gets
+       weight n / (n + 1/miss rate): a tail quantile means little before about 1/miss-rate phases.
+    2. A level's buffer is the global one stretched by its own spread, shrunk toward the global
+       buffer by n / (n + BUFFER_SHRINKAGE) with n its distinct phases: 1-3 phases move it little.
+    3. Every buffer is capped: never above ``MAX_BUFFER``, and never more than ``MAX_BUFFER_GROWTH``
+       times what the current model serves those phases, unless ``LARGE_EVIDENCE`` phases back it.
+    """
+    residuals = []
+    for unit in units:
+        level = applied_level(unit)
+        location = level.location if level else unit.current_log_factor
+        residuals.append((unit.log_ratio - location, unit.clean))
+    exact = sum(1 for _, is_exact in residuals if is_exact)
+    n = len(residuals)
+    measured = _scale(residuals, exact) if residuals else None
+    sigma = _SIGMA_PRIOR if measured is None else _shrink_sigma(measured, _SIGMA_PRIOR, exact)
+    z = statistics.NormalDist().inv_cdf(1.0 - target_miss_rate)
+    normal = z * sigma * math.sqrt(1.0 + 1.0 / max(1, n))
+    empirical = censored_quantile(residuals, target_miss_rate)
+    weight = n / (n + 1.0 / target_miss_rate)
+    global_log = max(math.log(_BUFFER_MIN), weight * empirical + (1.0 - weight) * normal)
+
+    buffers: dict[tuple[str, str], float] = {}
+    caps: dict[tuple[str, str], float] = {}
+    capped: list[str] = []
+    for key, level in levels.items():
+        if not level.applied:
+            continue
+        members = [u for u in units if key[0] in (ANY, u.category) and key[1] in (ANY, u.complexity)]
+        if key == (ANY, ANY):
+            log_buffer = global_log
+        else:
+            own = global_log * level.sigma / sigma
+            shrink = len(members) / (len(members) + BUFFER_SHRINKAGE)
+            log_buffer = shrink * own + (1.0 - shrink) * global_log
+        reference = statistics.median(u.base_buffer for u in members) if members else 1.0
+        cap = MAX_BUFFER if len(members) >= LARGE_EVIDENCE else min(MAX_BUFFER, MAX_BUFFER_GROWTH * reference)
+        cap = max(_BUFFER_MIN, cap)
+        buffer = min(cap, max(_BUFFER_MIN, math.exp(log_buffer)))
+        if math.exp(log_buffer) > cap + 1e-9:
+            capped.append(f"{key[0]}/{key[1]}")
+        buffers[key], caps[key] = buffer, cap
+    notes = []
+    if (ANY, ANY) in buffers:
+        notes.append(
+            f"safety margin for all phases x{buffers[(ANY, ANY)]:.2f}: about {target_miss_rate:.1%} of {n} "
+            f"distinct phases would have needed more (aimed under {operating_point:.0%}, leaving room for chance)"
+        )
+    if capped:
+        notes.append(
+            "safety margins held at the cap (at most x"
+            f"{MAX_BUFFER_GROWTH:g} the current model's and never above x{MAX_BUFFER:g}): "
+            + ", ".join(capped)
+        )
+    return _BufferPolicy(buffers, caps, notes)
+
+
 def _fit(
     events: Sequence[TrainingEvent],
     base: ModelParameters,
@@ -645,45 +794,43 @@ def _fit(
     rows, notes = _rows(events, base)
     old = {(c.category, c.complexity): c for c in base.corrections}
     current_global = math.log(old[(ANY, ANY)].factor) if (ANY, ANY) in old else 0.0
-    levels = _estimate_levels(rows, current_global, min_samples, min_confidence)
+    units = phase_units(rows)
+    if len(units) < len(rows):
+        notes.append(
+            f"{len(rows)} events come from {len(units)} distinct phases with a usable outcome: "
+            "each phase counts once, however often it was retried"
+        )
+    levels = _estimate_levels(units, current_global, min_samples, min_confidence)
     count_exponent = base.count_exponent
-    slope = _count_slope(rows, levels, base.count_exponent)
+    slope = _count_slope(units, levels, base.count_exponent)
     if slope:
         count_exponent = round(base.count_exponent + slope, 4)
         rows = [replace(r, log_ratio=r.log_ratio - slope * r.log_count) for r in rows]
-        levels = _estimate_levels(rows, current_global, min_samples, min_confidence)
+        units = [replace(r, log_ratio=r.log_ratio - slope * r.log_count) for r in units]
+        levels = _estimate_levels(units, current_global, min_samples, min_confidence)
         notes.append(
-            f"size elasticity {count_exponent:+.3f}: predictions x (deliverables / {base.count_reference:g})"
-            f" ^ {count_exponent:+.3f} (learned within groups, truncations as lower bounds, shrunk toward "
-            f"{base.count_exponent:+.3f})"
+            f"larger phases write {'less' if slope < 0 else 'more'} per file than the model assumed: "
+            f"predictions now scale with (deliverables / {base.count_reference:g}) to the power "
+            f"{count_exponent:+.2f}"
         )
 
     def applied_level(row: _Row) -> _Level | None:
         return _applied(levels, row)
 
-    # Buffer: pooled standardised residuals (clean + failed exact, truncated censored).
-    standardised: list[tuple[float, bool]] = []
-    for row in rows:
-        level = applied_level(row)
-        location = level.location if level else row.current_log_factor
-        sigma = _predictive_sigma(level) if level else _SIGMA_PRIOR
-        standardised.append(((row.log_ratio - location) / sigma, not row.truncated))
     coverage = 1.0 - target_miss_rate
-    normal_z = statistics.NormalDist().inv_cdf(coverage)
-    z, how = _tail_quantile(standardised, coverage) if standardised else (normal_z, "normal prior")
-    if len(standardised) < 100 and z < normal_z:
-        z, how = normal_z, "normal (too few events for an empirical tail)"
-
+    policy = _buffer_policy(
+        units, levels, applied_level, _allowed_miss(target_miss_rate, len(units)), target_miss_rate
+    )
+    notes += policy.notes
     corrections: dict[tuple[str, str], GroupCorrection] = {}
     for key, level in levels.items():
         if not level.applied:
             continue
-        buffer = min(_BUFFER_MAX, max(_BUFFER_MIN, math.exp(z * _predictive_sigma(level))))
         corrections[key] = GroupCorrection(
             category=key[0],
             complexity=key[1],
             factor=round(math.exp(level.location), 6),
-            buffer=round(buffer, 4),
+            buffer=round(policy.buffers[key], 4),
             samples=level.samples,
             confidence=level.confidence,
         )
@@ -692,15 +839,11 @@ def _fit(
         corrections[key] = old[key]
     if carried:
         notes.append(
-            "kept from the base model (not re-learned with enough evidence): "
+            "kept from the current model (not enough new evidence to re-learn): "
             + ", ".join(f"{c}/{x}" for c, x in sorted(carried))
         )
     if rows and not any(level.applied for level in levels.values()):
-        notes.append("no group reached min_samples and min_confidence: candidate keeps the base corrections")
-    notes.append(
-        f"buffer quantile {coverage:.1%} of pooled standardised residuals: z = {z:.2f} ({how})"
-        + (f", all-phases buffer x{corrections[(ANY, ANY)].buffer:.2f}" if (ANY, ANY) in corrections else "")
-    )
+        notes.append("no group had enough clean phases: the candidate keeps the current corrections")
     ordered = tuple(sorted(corrections.values(), key=_correction_order))
 
     # Phase memory: split the residual spread into the phase itself (between) and the attempt
@@ -730,19 +873,20 @@ def _fit(
             memory_fields["memory_repeat_factor"] = round(math.exp(offset), 4)
             memory_fields["memory_buffer_z"] = round(max(0.0, _tail_quantile(shifted, coverage)[0]), 4)
     if memory:
-        notes.append(
-            f"phase memory: {len(memory)} distinct phases remembered; "
-            + (
-                f"attempt spread {within:.2f} vs phase spread {memory_fields['memory_between_sigma']:.2f} (log)"
-                + (
-                    f"; a repeat comes out x{memory_fields['memory_repeat_factor']:.2f} of what its history "
-                    "suggests (learned from retries in time order)"
-                    if "memory_repeat_factor" in memory_fields
-                    else ""
-                )
-                if within is not None
-                else "no phase with two clean attempts yet: prior weight kept"
+        detail = ""
+        if within is not None:
+            detail = (
+                f" (attempts of one phase differ by about x{math.exp(within):.2f}, phases among themselves "
+                f"by x{math.exp(memory_fields['memory_between_sigma']):.2f})"
             )
+            if "memory_repeat_factor" in memory_fields:
+                detail += (
+                    f"; a retry writes about x{memory_fields['memory_repeat_factor']:.2f} of what its earlier "
+                    "attempts suggest"
+                )
+        notes.append(
+            f"{len(memory)} phases remembered: a retry of one of them is budgeted from its own earlier "
+            f"attempts{detail}"
         )
     params = replace(
         base,
@@ -751,12 +895,13 @@ def _fit(
         corrections=ordered,
         count_exponent=count_exponent,
         phase_memory=memory,
-        buffer_shape_scale=1.0,  # buffers as learned: the held-out search reshapes them
+        buffer_shape_scale=1.0,  # buffers are served as learned (and capped)
         buffer_shape_power=1.0,
         buffer_shape_reference=1.0,
+        learned_buffer_replaces_rules=True,
         **memory_fields,  # type: ignore[arg-type]
     )
-    return _Fit(params=params, levels=levels, notes=tuple(notes))
+    return _Fit(params=params, levels=levels, notes=tuple(notes), buffers=policy.buffers, caps=policy.caps)
 
 
 @dataclass(frozen=True)
@@ -876,44 +1021,6 @@ def _allowed_miss(target: float, phases: int) -> float:
     return min(0.8 * target, max(0.5 * target, target - 1.65 * standard_error))
 
 
-def _choose_buffer_shape(held_out: _Curve, allowed_miss: float, base: BudgetPolicy) -> TradeOff:
-    """Shape of the learned buffers with the least held-out P90 waste at ``allowed_miss``.
-
-    The censoring-aware tail gives each group a buffer from its own spread; this decides, on
-    out-of-fold predictions, how far to go (``scale``) and how much of the groups' differences to
-    keep (``power``: 1 keeps them, 0 gives every learned group the same buffer). Equal tail risk
-    in every group is not what minimises P90 waste: letting the noisiest groups take more of the
-    allowed misses often costs less. Ties keep the plain per-group buffers.
-    """
-    logs = [math.log(h.draft.group_buffer) for h in held_out.items if h.draft.group_buffer > 1.0]
-    if not logs:
-        return _trade_off(held_out, base)
-    reference = max(0.05, statistics.median(logs))
-    best: TradeOff | None = None
-    for power in _SHAPE_POWERS:
-
-        def make(scale: float, power: float = power) -> BudgetPolicy:
-            return replace(base, shape=BufferShape(scale, power, reference))
-
-        point = _trade_off(held_out, make(_bisect(held_out, make, allowed_miss, _SCALE_MIN, _SCALE_MAX)))
-        if best is None or point.waste_p90 < 0.98 * best.waste_p90:
-            best = point
-    assert best is not None
-    return best
-
-
-def _raise_only(held_out: _Curve, allowed_miss: float, base: BudgetPolicy) -> TradeOff:
-    """Few held-out events: never shrink learned buffers on their say-so, only raise them.
-
-    A handful of events cannot show a tail; they can show misses, and misses come first.
-    """
-
-    def make(scale: float) -> BudgetPolicy:
-        return replace(base, shape=BufferShape(scale, 1.0, 1.0))
-
-    return _trade_off(held_out, make(_bisect(held_out, make, allowed_miss, 1.0, _SCALE_MAX)))
-
-
 def _choose_memory_policy(judged: Sequence[tuple[_Curve, float]], base: BudgetPolicy) -> TradeOff:
     """Memory buffer z and largest-output margin with the least P90 waste on held-out retries.
 
@@ -961,51 +1068,6 @@ def _bisect(
         else:
             low = middle
     return round(high, 4)
-
-
-def _waste_limited(held_out: _Curve, chosen: TradeOff, waste_target: float) -> TradeOff:
-    """The point of the chosen shape's curve where P90 waste meets ``waste_target`` (for the notes)."""
-    policy = chosen.policy
-    low, high = _SCALE_MIN / 4, policy.shape.scale
-    for _ in range(12):
-        middle = (low + high) / 2
-        if (
-            _trade_off(held_out, replace(policy, shape=replace(policy.shape, scale=middle))).waste_p90
-            <= waste_target
-        ):
-            low = middle
-        else:
-            high = middle
-    return _trade_off(held_out, replace(policy, shape=replace(policy.shape, scale=low)))
-
-
-def _feasibility_notes(
-    held_out: _Curve, chosen: TradeOff, target_miss_rate: float, after: Sequence[Outcome]
-) -> list[str]:
-    """Say plainly when the quality bar's three targets cannot all hold at this data's spread."""
-    metrics = accuracy(after)
-    notes = [
-        f"cross-validated trade-off: budget misses {chosen.miss_rate:.1%} with P90 waste "
-        f"{chosen.waste_p90:.2f}x, median SMAPE {metrics.median_smape:.1f}%"
-    ]
-    if chosen.waste_p90 > DEFAULT_TARGET_WASTE_P90:
-        policy = chosen.policy
-
-        def make(scale: float) -> BudgetPolicy:
-            return replace(policy, shape=replace(policy.shape, scale=scale))
-
-        at_target = _trade_off(
-            held_out, make(_bisect(held_out, make, target_miss_rate, _SCALE_MIN, _SCALE_MAX))
-        )
-        limited = _waste_limited(held_out, chosen, DEFAULT_TARGET_WASTE_P90)
-        notes.append(
-            f"not all targets are reachable at this spread: budget misses of {chosen.miss_rate:.1%} (the aim, "
-            f"leaving room under {target_miss_rate:.0%}) cost P90 waste {chosen.waste_p90:.1f}x, misses of "
-            f"{at_target.miss_rate:.1%} would still need {at_target.waste_p90:.1f}x, and P90 waste <= "
-            f"{DEFAULT_TARGET_WASTE_P90:g}x would miss {limited.miss_rate:.1%} of budgets (cross-validated on "
-            "held-out phases; retries of known phases do better)"
-        )
-    return notes
 
 
 def _repeat_errors(
@@ -1101,11 +1163,6 @@ def build_phase_memory(events: Sequence[TrainingEvent], base: ModelParameters) -
     return tuple(merged[-base.max_phase_memory :]) if base.max_phase_memory > 0 else ()
 
 
-def _predictive_sigma(level: _Level) -> float:
-    """Scale of a new observation: residual spread plus the uncertainty of the location itself."""
-    return level.sigma * math.sqrt(1.0 + 1.0 / max(1.0, level.n_eff))
-
-
 def _correction_order(c: GroupCorrection) -> tuple[int, str, str]:
     return ((c.category == ANY) + (c.complexity == ANY), c.category, c.complexity)
 
@@ -1114,11 +1171,15 @@ def _correction_order(c: GroupCorrection) -> tuple[int, str, str]:
 
 
 def _folds_for(distinct_phases: int) -> int:
-    """k adapts to the data: more phases, more folds; too few for any held-out evaluation -> 0."""
-    if distinct_phases >= 50:
+    """k adapts to the data; too few phases for any held-out evaluation -> 0.
+
+    Small sets get more folds: with 30 phases, models fitted on 3/4 of them are noticeably worse
+    than the one fitted on all, and the promotion guard would judge the candidate by them.
+    """
+    if distinct_phases >= 200:
         return 5
     if distinct_phases >= 20:
-        return 4
+        return 10
     if distinct_phases >= 6:
         return 3
     if distinct_phases >= 2:
@@ -1176,8 +1237,8 @@ def calibrate(
     failed = sum(1 for e in events if not e.success and not e.truncated)
     notes.insert(
         0,
-        f"{len(events)} events: {clean_count} clean (learned from), {truncated} truncated "
-        f"(lower bounds), {failed} failed (buffer only)",
+        f"{len(events)} events: {clean_count} finished normally (learned from), {truncated} ran out of "
+        f"tokens (they only show that more was needed), {failed} failed early (not used to size phases)",
     )
 
     # Held-out evaluation: folds by phase so retries of a phase never sit on both sides.
@@ -1187,11 +1248,13 @@ def calibrate(
     folds = _folds_for(len(phases))
     before_outcomes: list[Outcome] = []
     after_outcomes: list[Outcome] = []
+    base_items: list[HeldOutBudget] = []
+    candidate_items: list[HeldOutBudget] = []
+    frontier: list[FrontierPoint] = []
+    baseline_frontier: list[FrontierPoint] = []
     candidate = final.params
     if folds:
         fold_of = {fp: i % folds for i, fp in enumerate(phases)}
-        held_out: list[_HeldOut] = []
-        held_events: list[TrainingEvent] = []
         repeats: list[_HeldOut] = []
         positions = {id(event): index for index, event in enumerate(events)}
         last_seen: dict[str, int] = {}
@@ -1200,20 +1263,25 @@ def calibrate(
             train = [e for e in events if fold_of[phase_fingerprint(e.phase)] != fold]
             held = [e for e in events if fold_of[phase_fingerprint(e.phase)] == fold]
             fold_model = TokenModel(_fit(train, base, new_version=new_version, **settings).params)
-            before_outcomes += predict_outcomes(base_model, held)
+            for unit in distinct_phases(held):
+                try:
+                    base_draft, fold_draft = base_model.draft(unit.phase), fold_model.draft(unit.phase)
+                except ValueError:
+                    continue
+                before_outcomes.append(outcome_for(base_model.finish(base_draft), unit))
+                after_outcomes.append(outcome_for(fold_model.finish(fold_draft), unit))
+                base_items.append(held_out_item(base_model, base_draft, unit))
+                candidate_items.append(held_out_item(fold_model, fold_draft, unit))
             earlier: dict[str, list[TrainingEvent]] = {}
             for event in held:
                 fingerprint = phase_fingerprint(event.phase)
                 seen = earlier.setdefault(fingerprint, [])
                 position = positions[id(event)]
                 try:
-                    draft = fold_model.draft(event.phase)
                     retry = fold_model.draft(event.phase, phase_history(fingerprint, seen)) if seen else None
                 except ValueError:
                     continue
                 need = event.actual_output_tokens * (TRUNCATED_NEED if event.truncated else 1.0)
-                held_out.append(_HeldOut(fold_model, draft, need, event.actual_output_tokens, event.clean))
-                held_events.append(event)
                 if retry is not None:
                     # A split by time separates a retry from its history with odds ~ the gap between them.
                     gap = min(position - last_seen[fingerprint], gap_cap)
@@ -1222,32 +1290,9 @@ def calibrate(
                     )
                 seen.append(event)
                 last_seen[fingerprint] = position
-        stored = TokenModel(final.params).policy
-        allowed = _allowed_miss(target_miss_rate, len(phases))
-        curve = _Curve(held_out)
-        if len(held_out) >= _MIN_TRADE_OFF_EVENTS:
-            chosen = _choose_buffer_shape(curve, allowed, stored)
-        else:
-            chosen = _raise_only(curve, allowed, stored)
-            notes.append(
-                f"only {len(held_out)} held-out events: too few to trade misses for waste, learned buffers "
-                f"are only ever raised (x{chosen.policy.shape.scale:.2f} in log space) to keep misses down"
-            )
-        policy = chosen.policy
-        after_outcomes = [
-            outcome_for(item.model.finish(item.draft, policy), event)
-            for item, event in zip(held_out, held_events, strict=True)
-        ]
-        shape = policy.shape
-        if not shape.identity:
-            notes.append(
-                f"learned buffers served as exp({shape.scale:.2f} x {shape.reference:.2f} x "
-                f"(log b / {shape.reference:.2f})^{shape.power:g}): the least cross-validated P90 waste "
-                f"with budget misses at {chosen.miss_rate:.1%} (aimed at {allowed:.1%} for a "
-                f"{target_miss_rate:.1%} target)"
-            )
-        if len(held_out) >= _MIN_TRADE_OFF_EVENTS:
-            notes += _feasibility_notes(curve, chosen, target_miss_rate, after_outcomes)
+        policy = TokenModel(final.params).policy
+        baseline_frontier = mark_chosen(scaled_frontier(base_items), 1.0)
+        frontier = mark_chosen(scaled_frontier(candidate_items), 1.0)
         if len(repeats) >= _MIN_REPEATS:
             retried = len({r.draft.memory.fingerprint for r in repeats if r.draft.memory is not None})
             weighted = _Curve(repeats)
@@ -1259,26 +1304,27 @@ def calibrate(
             )
             policy = retry_choice.policy
             notes.append(
-                f"retries judged on their own ({len(repeats)} held-out retries, each predicted from the "
-                f"attempts before it, weighted by how far apart they are): memory buffer z {policy.memory_z:.2f}, largest-output margin "
-                f"x{policy.memory_margin:g} -> budget misses {retry_choice.miss_rate:.1%}, P90 waste "
-                f"{retry_choice.waste_p90:.2f}x"
+                f"retries judged on their own ({len(repeats)} held-out retries, each budgeted from the "
+                f"attempts before it): they would run out of tokens {retry_choice.miss_rate:.1%} of the time, "
+                f"P90 waste {retry_choice.waste_p90:.2f}x"
             )
         candidate = replace(
-            final.params,
-            buffer_shape_scale=round(shape.scale, 4),
-            buffer_shape_power=shape.power,
-            buffer_shape_reference=round(shape.reference, 4),
-            memory_buffer_z=round(policy.memory_z, 4),
-            memory_margin=policy.memory_margin,
+            final.params, memory_buffer_z=round(policy.memory_z, 4), memory_margin=policy.memory_margin
         )
-        notes.append(f"before/after: {folds}-fold cross-validation over {len(phases)} distinct phases")
+        notes.append(
+            f"before/after: each of {len(phases)} distinct phases was predicted by a model calibrated "
+            f"without it ({folds} rounds), and counted once however often it was retried"
+        )
     else:
-        before_outcomes = predict_outcomes(base_model, events)
-        after_outcomes = predict_outcomes(TokenModel(candidate), events)
-        notes.append("too few distinct phases for held-out evaluation: before/after are in-sample")
+        before_outcomes = predict_outcomes(base_model, distinct_phases(events))
+        after_outcomes = predict_outcomes(TokenModel(candidate), distinct_phases(events))
+        notes.append(
+            "too few distinct phases to test on unseen ones: before/after are measured on the phases "
+            "the candidate learned from"
+        )
 
     groups = []
+    unlearned: list[str] = []
     for key, level in sorted(final.levels.items(), key=lambda item: _level_order(item[0])):
         match = _matcher(key)
         before_smape = _median_smape([o for o in before_outcomes if match(o)])
@@ -1294,17 +1340,21 @@ def calibrate(
                 applied=level.applied,
                 smape_before=round(before_smape, 2),
                 smape_after=round(after_smape, 2),
+                buffer=round(final.buffers.get(key, 0.0), 4),
+                buffer_cap=round(final.caps.get(key, 0.0), 4),
             )
         )
         if not level.applied and key != (ANY, ANY):
-            notes.append(f"{key[0]}/{key[1]} keeps the prior: {level.reason}")
+            unlearned.append(f"{key[0]}/{key[1]} ({level.reason})")
+    if unlearned:
+        notes.append("no correction of their own (a broader one applies): " + "; ".join(unlearned))
     time_split = None
     if time_split_fraction is not None:
         time_split = time_split_evaluation(events, base, fraction=time_split_fraction, seed=seed, **settings)
         if time_split is not None:
             notes.append(
-                f"time split (calibrated on the first {time_split.calibration_events} events, judged on the "
-                f"last {time_split.held_out_events}, {time_split.repeats} of them repeats of earlier phases): "
+                f"time split: calibrated on the first {time_split.calibration_events} events and tried on the "
+                f"last {time_split.held_out_events} ({time_split.repeats} of them retries of earlier phases): "
                 f"before {describe_metrics(time_split.before)}; after {describe_metrics(time_split.after)}"
             )
     report = CalibrationReport(
@@ -1316,8 +1366,29 @@ def calibrate(
         base_version=base.version,
         notes=tuple(notes),
         time_split=time_split,
+        frontier=tuple(frontier),
+        baseline_frontier=tuple(baseline_frontier),
+        smape_noise=round(_paired_smape_noise(before_outcomes, after_outcomes), 2) if folds else 0.0,
     )
-    return CalibrationResult(candidate=candidate, report=report)
+    verdict = promotion_verdict(report)
+    return CalibrationResult(candidate=candidate, report=replace(report, verdict=verdict))
+
+
+def _paired_smape_noise(before: Sequence[Outcome], after: Sequence[Outcome]) -> float:
+    """Two standard errors of the median of per-phase SMAPE differences (same phases, two models).
+
+    With 30 held-out phases, medians of SMAPE move by several points by chance alone; the
+    promotion guard only calls a candidate less accurate beyond this.
+    """
+    differences = [
+        smape(a.predicted_output_tokens, a.actual_output_tokens)
+        - smape(b.predicted_output_tokens, b.actual_output_tokens)
+        for b, a in zip(before, after, strict=True)
+        if b.clean
+    ]
+    if len(differences) < 2:
+        return 0.0
+    return 2.0 * 1.2533 * statistics.stdev(differences) / math.sqrt(len(differences))
 
 
 def _level_order(key: tuple[str, str]) -> tuple[int, str, str]:

@@ -3,7 +3,8 @@
 * SMAPE, underestimation and waste are computed on **clean** events only (success and not
   truncated): a truncated event's actual is only a lower bound (censored), and a failed attempt's
   output size says little about what the phase needed.
-* Truncation and budget-miss rates are computed on **all** events: they are the risk side.
+* Truncation and budget-miss rates are computed on **all** events: they are the risk side. A
+  truncation at C says only "actual >= C", so it is a miss for any budget <= C (``is_budget_miss``).
 * Waste = the ceiling actually sent (``actual_max_tokens``, else ``selected_budget``) over the
   actual output, because that is what the provider call reserved.
 """
@@ -65,6 +66,11 @@ def waste_ratio(selected_budget: int, actual_max_tokens: int | None, actual_outp
     return ceiling / max(1, actual_output_tokens)
 
 
+def is_budget_miss(budget: int, actual_output_tokens: int, truncated: bool) -> bool:
+    """Whether ``budget`` was (or would have been) too small: a truncation at C needs more than C."""
+    return actual_output_tokens > budget or (truncated and actual_output_tokens >= budget)
+
+
 def deliverable_bucket(count: int) -> str:
     """Deliverable-count bucket used by reports: "0", "1", "2-3", "4-7", "8-15", "16+"."""
     if count < 0:
@@ -114,7 +120,10 @@ def accuracy(outcomes: Sequence[Outcome]) -> AccuracyMetrics:
         ),
         truncation_rate=sum(1 for o in outcomes if o.truncated) / total if total else 0.0,
         budget_miss_rate=(
-            sum(1 for o in outcomes if o.actual_output_tokens > o.selected_budget) / total if total else 0.0
+            sum(1 for o in outcomes if is_budget_miss(o.selected_budget, o.actual_output_tokens, o.truncated))
+            / total
+            if total
+            else 0.0
         ),
         waste_p50=percentile(wastes, 50),
         waste_p90=percentile(wastes, 90),

@@ -27,10 +27,12 @@ How a phase becomes a budget (every step shows up as a breakdown term):
    2.2 only for ``doc_synthesis``/``doc_sot_update``. The seeds applied these on top of an estimate
    that already carried a x1.3 safety margin; our point prediction is a median, so outside the
    two phase models the rule buffer is multiplied by that 1.3 (``buffer_multiplier`` reports the
-   product, e.g. 1.56 by default). A calibrated group uses the buffer learned from its residual
-   distribution instead (a high quantile of actual/predicted, truncations as lower bounds), served
-   through the stored ``BufferShape`` that calibration chose on held-out data; a repeat uses the
-   spread of repeats when that is tighter.
+   product, e.g. 1.56 by default). A calibrated model uses the buffers it learned instead (the
+   miss/waste objective and the cap are in ``calibration`` and ``frontier``): a group's own, else
+   the all-phases one, which replaces the rule buffers in calibrations since the budget-policy
+   rework (``learned_buffer_replaces_rules``; older versions only let it raise them); a repeat uses
+   the spread of repeats when that is tighter. ``BufferShape`` is kept so older stored versions
+   serve as they did.
 
 3. **selected_budget** = prediction x buffer, raised to a category-aware floor (code phases keep
    a higher floor than docs-like ones, BUILD-142), rounded up to a multiple of 256. It is the
@@ -305,6 +307,9 @@ class ModelParameters:
     buffer_shape_scale: float = 1.0
     buffer_shape_power: float = 1.0
     buffer_shape_reference: float = 1.0
+    # Whether a learned all-phases buffer replaces the P7/P9 rule buffers (calibrations since the
+    # budget-policy rework: one measured buffer beats rules measured nowhere) or only raises them.
+    learned_buffer_replaces_rules: bool = False
 
     @classmethod
     def default(cls) -> ModelParameters:
@@ -490,7 +495,7 @@ class Draft:
     rule_reason: str = ""
     group_buffer: float = 0.0  # learned, before the buffer shape; 0 = none
     group_reason: str = ""
-    group_global: bool = False  # an all-phases buffer only ever raises the rule buffer
+    group_global: bool = False  # an all-phases buffer that only ever raises the rule buffer
     memory_spread: float = 0.0  # predictive log spread of a repeat; 0 = no memory buffer
     memory: PhaseMemory | None = None
 
@@ -831,8 +836,9 @@ class TokenModel:
                 else f"learned for {correction.category}/{correction.complexity}"
             )
         policy = self._policy
+        only_raises = level == "global" and not p.learned_buffer_replaces_rules
         buffer, reason, learned = select_buffer(
-            rule_buffer, rule_reason, group_buffer, group_reason, level == "global", memory_spread, policy
+            rule_buffer, rule_reason, group_buffer, group_reason, only_raises, memory_spread, policy
         )
         memory_need, memory_detail = self.memory_need(memory, policy.memory_margin)
         return Draft(
@@ -853,7 +859,7 @@ class TokenModel:
             rule_reason=rule_reason,
             group_buffer=group_buffer,
             group_reason=group_reason,
-            group_global=level == "global",
+            group_global=only_raises,
             memory_spread=memory_spread,
             memory=memory,
         )

@@ -31,6 +31,7 @@ from autopack_estimator.registry import ModelRegistry, UnknownModelVersion
 from autopack_estimator.store import (
     MODEL_CANDIDATE,
     MODEL_PROMOTED,
+    MODEL_REJECTED,
     MODEL_RETIRED,
     SOURCE_IMPORT,
     SOURCE_OUTCOME,
@@ -63,6 +64,7 @@ _MODEL_STATUS = {
     MODEL_CANDIDATE: estimator_pb2.MODEL_STATUS_CANDIDATE,
     MODEL_PROMOTED: estimator_pb2.MODEL_STATUS_PROMOTED,
     MODEL_RETIRED: estimator_pb2.MODEL_STATUS_RETIRED,
+    MODEL_REJECTED: estimator_pb2.MODEL_STATUS_REJECTED,
 }
 _METRIC_FIELDS = tuple(field.name for field in estimator_pb2.AccuracyMetrics.DESCRIPTOR.fields)
 
@@ -325,20 +327,36 @@ class EstimatorServicer(estimator_pb2_grpc.EstimatorServiceServicer):
             ModelVersionRecord(
                 version=result.candidate.version,
                 params_json=result.candidate.to_json(),
-                status=MODEL_CANDIDATE,
+                status=MODEL_CANDIDATE if report.promote else MODEL_REJECTED,
                 created_at=utcnow(),
                 parent_version=base_version,
                 summary=report_summary(report),
                 report_json=json_format.MessageToJson(report, indent=None),
             )
         )
-        log.info("stored candidate model %s (from %s)", result.candidate.version, base_version)
+        log.info(
+            "stored %s model %s (from %s): %s",
+            "candidate" if report.promote else "rejected",
+            result.candidate.version,
+            base_version,
+            report.recommendation,
+        )
         return estimator_pb2.CalibrateResponse(candidate_version=result.candidate.version, report=report)
 
     def PromoteModel(
         self, request: estimator_pb2.PromoteModelRequest, context: grpc.ServicerContext
     ) -> estimator_pb2.PromoteModelResponse:
         version = _required(request.version, "version")
+        stored = self._store.get_model(version)
+        if stored is not None and stored.status == MODEL_REJECTED:
+            reasons = rejection_reasons(stored)
+            if not request.force:
+                raise FailedPrecondition(
+                    f"version: {version} was rejected by the promotion guard -- "
+                    + "; ".join(reasons)
+                    + " -- promote it with force=true to serve it anyway"
+                )
+            log.warning("promoting rejected model %s by force: %s", version, "; ".join(reasons))
         try:
             self._registry.model_for(version)  # refuse versions this replica could not serve
         except UnknownModelVersion:
@@ -633,7 +651,22 @@ def _groups(by_key: Any) -> list[estimator_pb2.GroupAccuracy]:
     ]
 
 
+def _frontier(points: Iterable[Any]) -> list[estimator_pb2.FrontierPoint]:
+    return [
+        estimator_pb2.FrontierPoint(
+            buffer=float(p.buffer),
+            miss_rate=float(p.miss_rate),
+            waste_p50=float(p.waste_p50),
+            waste_p90=float(p.waste_p90),
+            lost_share=float(p.lost_share),
+            chosen=bool(p.chosen),
+        )
+        for p in points
+    ]
+
+
 def report_message(report: Any, base_version: str) -> estimator_pb2.CalibrationReport:
+    verdict = report.verdict
     return estimator_pb2.CalibrationReport(
         before=metrics_message(report.before),
         after=metrics_message(report.after),
@@ -647,6 +680,8 @@ def report_message(report: Any, base_version: str) -> estimator_pb2.CalibrationR
                 applied=bool(group.applied),
                 smape_before=float(group.smape_before),
                 smape_after=float(group.smape_after),
+                buffer=float(group.buffer),
+                buffer_cap=float(group.buffer_cap),
             )
             for group in report.groups
         ],
@@ -654,6 +689,11 @@ def report_message(report: Any, base_version: str) -> estimator_pb2.CalibrationR
         folds=int(report.folds),
         base_version=report.base_version or base_version,
         notes=list(report.notes),
+        frontier=_frontier(report.frontier),
+        baseline_frontier=_frontier(report.baseline_frontier),
+        promote=verdict is None or verdict.promote,
+        rejection_reasons=list(verdict.reasons) if verdict is not None else [],
+        recommendation=verdict.sentence if verdict is not None else "",
     )
 
 
@@ -661,8 +701,21 @@ def report_summary(report: estimator_pb2.CalibrationReport) -> str:
     applied = sum(1 for group in report.groups if group.applied)
     return (
         f"{applied}/{len(report.groups)} groups corrected from {report.training_events} clean events; "
-        f"held-out median SMAPE {report.before.median_smape:.1f}% -> {report.after.median_smape:.1f}%"
+        f"held-out median SMAPE {report.before.median_smape:.1f}% -> {report.after.median_smape:.1f}%, "
+        f"budget misses {100 * report.before.budget_miss_rate:.1f}% -> {100 * report.after.budget_miss_rate:.1f}%, "
+        f"P90 waste {report.before.waste_p90:.2f}x -> {report.after.waste_p90:.2f}x"
+        + ("" if report.promote else " (rejected)")
     )
+
+
+def rejection_reasons(record: ModelVersionRecord) -> list[str]:
+    """The promotion guard's reasons, kept in the stored calibration report (empty without one)."""
+    if not record.report_json:
+        return []
+    report = json_format.Parse(
+        record.report_json, estimator_pb2.CalibrationReport(), ignore_unknown_fields=True
+    )
+    return list(report.rejection_reasons)
 
 
 def model_message(record: ModelVersionRecord) -> estimator_pb2.ModelVersion:
@@ -671,6 +724,7 @@ def model_message(record: ModelVersionRecord) -> estimator_pb2.ModelVersion:
         status=_MODEL_STATUS.get(record.status, estimator_pb2.MODEL_STATUS_UNSPECIFIED),
         parent_version=record.parent_version,
         summary=record.summary,
+        status_reasons=rejection_reasons(record) if record.status == MODEL_REJECTED else [],
     )
     message.created_at.FromDatetime(record.created_at)
     if record.promoted_at is not None:

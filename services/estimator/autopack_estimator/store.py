@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 MODEL_CANDIDATE = "candidate"
 MODEL_PROMOTED = "promoted"
 MODEL_RETIRED = "retired"
+MODEL_REJECTED = "rejected"  # stored, refused by the promotion guard (PromoteModel needs force)
 
 SOURCE_OUTCOME = "outcome"
 SOURCE_IMPORT = "import"
