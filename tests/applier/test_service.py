@@ -173,10 +173,11 @@ def test_write_outside_scope_is_invalid_argument_and_changes_nothing(
         "'..'",
     )
     expect_error(
-        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
         stub.Apply,
         apply_request(op("config.py", MODIFY, "SECRET_MODE = True\n"), paths=("./",)),
-        "operations[0].path: 'config.py' is a protected path",
+        "config.py is a protected path (configured, rule 'config.py')",
+        "approval request",
     )
     expect_error(
         grpc.StatusCode.INVALID_ARGUMENT,

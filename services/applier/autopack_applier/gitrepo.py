@@ -7,10 +7,12 @@ credential helpers) and makes pathspecs literal, so a file named "*.py" is that 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tarfile
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,10 +162,32 @@ class Git:
         self.run("commit", "-q", "--allow-empty", "--no-verify", "-m", message)
         return self.head()
 
-    def restore(self, commit: str) -> None:
-        """Make the work tree exactly ``commit``: tracked files reset, untracked ones removed."""
+    def restore(self, commit: str, keep: Callable[[str], bool] | None = None) -> None:
+        """Make the work tree ``commit``: tracked files reset, untracked (not ignored) ones removed.
+
+        Untracked files for which ``keep(path)`` is true (protected: env/secret files,
+        databases, run state) survive; the seeds' rollback lost a ``.env`` to ``git clean``.
+        """
         self.run("reset", "-q", "--hard", commit)
-        self.run("clean", "-q", "-f", "-d")
+        if keep is None:
+            self.run("clean", "-q", "-f", "-d")
+            return
+        output = self.run("ls-files", "-z", "--others", "--exclude-standard").stdout
+        untracked = [entry for entry in output.decode("utf-8", "surrogateescape").split("\0") if entry]
+        if not any(keep(path) for path in untracked):
+            self.run("clean", "-q", "-f", "-d")
+            return
+        directories: set[Path] = set()
+        for path in untracked:
+            if path.endswith("/") or keep(path):  # a nested repository, or protected
+                continue
+            target = self.cwd / path
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+            directories.update(parent for parent in target.parents if self.cwd in parent.parents)
+        for directory in sorted(directories, key=lambda item: len(item.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only when empty
 
     def numstat(self, old: str, new: str) -> NumStat:
         """Paths and line counts changed between two commits."""
@@ -213,3 +237,56 @@ class Git:
         process.wait(timeout=timeout)
         if process.returncode != 0:
             raise GitError(("archive",), process.returncode, stderr.decode("utf-8", "replace"))
+
+
+def apply_unified_diff(scratch_root: Path, objects: Path | None, path: str, text: str, patch: str) -> str:
+    """``text`` (the content of ``path``) with ``patch`` applied, computed in a scratch repository.
+
+    ``git apply --check`` first; when the hunks do not apply and the patch names its
+    preimage blob (an ``index`` line), ``git apply --3way`` merges against that blob, read
+    from ``objects`` (the workspace's object store, as an alternate, so nothing is written
+    to it). Returns the new text or raises DiffNotApplied with git's reason.
+    """
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="diff-", dir=scratch_root) as temporary:
+        tree = Path(temporary, "tree")
+        tree.mkdir()
+        git = Git(tree)
+        git.run("init", "-q")
+        if objects is not None:
+            Path(tree, ".git", "objects", "info", "alternates").write_text(f"{objects}\n")
+        target = tree / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(text.encode("utf-8"))
+        patch_file = Path(temporary, "edit.patch")
+        patch_file.write_bytes(patch.encode("utf-8"))
+        options = ("--recount", "--whitespace=nowarn", str(patch_file))
+        checked = git.run("apply", "--check", *options, check=False)
+        if checked.returncode == 0:
+            git.run("apply", *options)
+            return target.read_bytes().decode("utf-8")
+        reason = _last_lines(checked.stderr)
+        if objects is not None and patch.startswith("index "):
+            git.run("add", "--", path)
+            merged = git.run("apply", "--3way", *options, check=False)
+            if merged.returncode == 0:
+                return target.read_bytes().decode("utf-8")
+            reason = f"{reason}; 3-way merge: {_last_lines(merged.stderr)}"
+        malformed = any(
+            marker in reason for marker in ("corrupt patch", "No valid patches", "without header")
+        )
+        raise DiffNotApplied(reason, malformed=malformed)
+
+
+class DiffNotApplied(ValueError):
+    """A unified diff does not apply; ``malformed`` when it is not a valid patch at all."""
+
+    def __init__(self, reason: str, *, malformed: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.malformed = malformed
+
+
+def _last_lines(stderr: bytes, count: int = 2) -> str:
+    lines = [line for line in stderr.decode("utf-8", "replace").strip().splitlines() if line.strip()]
+    return " | ".join(lines[-count:]) or "git apply failed without a message"
