@@ -222,7 +222,7 @@ _HEADER_NEW = re.compile(r"^\+\+\+ (?:b/)?(?P<path>\S+)")
 
 
 def normalize_diff(path: str, diff: str) -> str:
-    """A one-file unified diff with ``a/<path>``/``b/<path>`` headers, or EditRejected.
+    """A one-file git diff with ``a/<path>``/``b/<path>`` headers, or EditRejected.
 
     Models write headers with or without the a/ b/ prefixes and with a leading
     ``diff --git`` line or prose; the hunks and an ``index`` line (needed for a 3-way
@@ -254,4 +254,5 @@ def normalize_diff(path: str, diff: str) -> str:
     body = "".join(hunks)
     if not body.endswith("\n"):
         body += "\n"
-    return f"{index_line}--- a/{path}\n+++ b/{path}\n{body}"
+    # git reads the index line (the preimage blob a 3-way merge needs) only in a git diff.
+    return f"diff --git a/{path} b/{path}\n{index_line}--- a/{path}\n+++ b/{path}\n{body}"

@@ -266,7 +266,7 @@ def apply_unified_diff(scratch_root: Path, objects: Path | None, path: str, text
             git.run("apply", *options)
             return target.read_bytes().decode("utf-8")
         reason = _last_lines(checked.stderr)
-        if objects is not None and patch.startswith("index "):
+        if objects is not None and "\nindex " in patch:
             git.run("add", "--", path)
             merged = git.run("apply", "--3way", *options, check=False)
             if merged.returncode == 0:
