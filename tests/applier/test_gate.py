@@ -6,7 +6,6 @@ that run real pytest in real workspaces over a real gRPC channel.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -15,9 +14,7 @@ from autopack.applier.v1 import applier_pb2, applier_pb2_grpc
 from autopack.common.v1 import common_pb2
 from autopack_applier.checks import CheckResult
 from autopack_applier.gate import Verdict, judge
-from autopack_applier.service import binding, build_servicer
-from autopack_applier.settings import ApplierSettings
-from autopack_applier.store import ApplierStore, CheckBaseline
+from autopack_applier.store import CheckBaseline
 from autopack_applier.testreport import (
     Outcome,
     TestReport,
@@ -27,8 +24,6 @@ from autopack_applier.testreport import (
     reporting_command,
     rerun_command,
 )
-from autopack_common.clients import open_channel
-from autopack_common.server import create_server
 
 from .conftest import make_repo
 
@@ -202,16 +197,6 @@ FAILING_REPO = {
         "def test_known_bug_two():\n    assert add(0, 0) == 1\n"
     ),
 }
-
-
-@pytest.fixture
-def stub(tmp_path: Path, store: ApplierStore) -> Iterator[applier_pb2_grpc.ApplierServiceStub]:
-    settings = ApplierSettings(AUTOPACK_APPLIER_WORKSPACE_ROOT=tmp_path / "workspaces")
-    running = create_server([binding(build_servicer(settings, store))], "127.0.0.1:0")
-    channel = open_channel("applier", running.address)
-    yield applier_pb2_grpc.ApplierServiceStub(channel)
-    channel.close()
-    running.stop(0)
 
 
 def prepare(stub: applier_pb2_grpc.ApplierServiceStub, source: Path, run_id: str = "run-1") -> Path:

@@ -11,23 +11,14 @@ import grpc
 import pytest
 from autopack.applier.v1 import applier_pb2, applier_pb2_grpc
 from autopack.common.v1 import common_pb2
-from autopack_applier.service import binding, build_servicer
 from autopack_applier.settings import ApplierSettings
 from autopack_applier.store import ApplierStore
-from autopack_common.clients import open_channel
-from autopack_common.server import create_server
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from .conftest import git, make_repo
+from .conftest import CREATE, DELETE, EDIT, MODIFY, git, make_repo, serve
 
 TIMEOUT = 30
-CREATE, MODIFY, DELETE, EDIT = (
-    common_pb2.FILE_MODE_CREATE,
-    common_pb2.FILE_MODE_MODIFY,
-    common_pb2.FILE_MODE_DELETE,
-    common_pb2.FILE_MODE_EDIT,
-)
 MAIN = "".join(f"value_{number} = {number}\n" for number in range(1, 41))
 SOURCE = {
     "app/main.py": MAIN,
@@ -38,15 +29,14 @@ SOURCE = {
 
 @pytest.fixture
 def stub(tmp_path: Path, store: ApplierStore) -> Iterator[applier_pb2_grpc.ApplierServiceStub]:
-    settings = ApplierSettings(
-        AUTOPACK_APPLIER_WORKSPACE_ROOT=tmp_path / "workspaces",
-        AUTOPACK_APPLIER_ALLOWED_PATHS=".autopack/reports/",
-    )
-    running = create_server([binding(build_servicer(settings, store))], "127.0.0.1:0")
-    channel = open_channel("applier", running.address)
-    yield applier_pb2_grpc.ApplierServiceStub(channel)
-    channel.close()
-    running.stop(0)
+    with serve(
+        ApplierSettings(
+            AUTOPACK_APPLIER_WORKSPACE_ROOT=tmp_path / "workspaces",
+            AUTOPACK_APPLIER_ALLOWED_PATHS=".autopack/reports/",
+        ),
+        store,
+    ) as stub:
+        yield stub
 
 
 @pytest.fixture
