@@ -198,6 +198,16 @@ def test_an_approved_protected_write_goes_through_once(
     )
 
 
+def test_a_protected_file_left_as_it_is_needs_no_approval(
+    stub: applier_pb2_grpc.ApplierServiceStub, workspace: Path
+) -> None:
+    operation = common_pb2.FileOperation(path="config/.env", mode=CREATE, new_content="MODE=dev\n")
+    approve(stub, blocked(stub, operation).metadata["approval_request_id"])
+    apply(stub, operation)
+    # Retrying the same CREATE is a no-op: nothing protected changes, nothing to approve.
+    assert apply(stub, operation).changed_paths == []
+
+
 def test_a_denied_request_keeps_refusing_without_asking_again(
     stub: applier_pb2_grpc.ApplierServiceStub, workspace: Path
 ) -> None:

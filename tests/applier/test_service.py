@@ -198,6 +198,10 @@ def test_unknown_runs_are_not_found_for_every_rpc(stub: applier_pb2_grpc.Applier
         ),
         (stub.RunChecks, applier_pb2.RunChecksRequest(run_id="ghost", command=["python", "-V"])),
         (stub.Rollback, applier_pb2.RollbackRequest(run_id="ghost", savepoint="a" * 40)),
+        (stub.DetectToolchain, applier_pb2.DetectToolchainRequest(run_id="ghost")),
+        (stub.ListApprovalRequests, applier_pb2.ListApprovalRequestsRequest(run_id="ghost")),
+        (stub.CheckDeliverables, applier_pb2.CheckDeliverablesRequest(run_id="ghost", deliverables=["a.py"])),
+        (stub.CleanupWorkspace, applier_pb2.CleanupWorkspaceRequest(run_id="ghost")),
     ]
     for call, request in calls:
         expect_error(grpc.StatusCode.NOT_FOUND, call, request, "run_id", "'ghost'")

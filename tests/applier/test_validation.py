@@ -37,6 +37,7 @@ def test_each_problem_names_its_line_and_rule(path: str, text: str, line: int, r
         ("a.toml", "[x]\na = 1\n"),
         ("a.py", 'pattern = "\\d"\n'),  # a SyntaxWarning, not an error
         ("README.md", "Loading...\nDone.\n"),
+        ("CHANGELOG.md", "- The existing implementation is unchanged when the flag is off.\n"),
         ("data.bin.txt", ""),
     ],
 )

@@ -29,6 +29,7 @@ _TRUNCATION_MARKERS = re.compile(
     r"|\bcode (truncated|omitted) for brevity\b",
     re.IGNORECASE,
 )
+_PLACEHOLDER_OPENERS = ("#", "//", "/*", "*", "<!--", "--", ";", "...", "\u2026", "[", "(", "{", "'", '"')
 # A line that is only an ellipsis, possibly commented: "...", "# ...", "// ...", "/* ... */", "…".
 _ELLIPSIS_LINE = re.compile(r"^\s*(#|//|/\*|<!--|--)?\s*(\.\.\.|…)\s*(\*/|-->)?\s*$")
 _TOML_POSITION = re.compile(r"line (\d+)")
@@ -105,7 +106,13 @@ def _truncation_problems(path: str, text: str) -> list[Problem]:
     problems: list[Problem] = []
     lines = text.splitlines()
     for number, line in enumerate(lines, start=1):
-        if len(line) <= 200 and _TRUNCATION_MARKERS.search(line):
+        found = _TRUNCATION_MARKERS.search(line) if len(line) <= 200 else None
+        stripped = line.strip()
+        # A placeholder is a comment or a line of its own; prose that merely mentions
+        # "the existing implementation is unchanged" is not one.
+        if found and (
+            stripped.startswith(_PLACEHOLDER_OPENERS) or len(found.group(0)) >= 0.6 * len(stripped)
+        ):
             problems.append(
                 Problem(number, "truncation-marker", f"placeholder instead of content: {line.strip()[:80]!r}")
             )

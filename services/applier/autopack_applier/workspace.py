@@ -338,7 +338,7 @@ def plan_operations(
         if operation.mode is Mode.EDIT:
             assert original_text is not None
             try:
-                text = resolve_edits(relative, original_text, operation.edits, apply_diff or _no_diffs)
+                text = resolve_edits(path, original_text, operation.edits, apply_diff or _no_diffs)
             except EditRejected as error:
                 violations.add(
                     f"operations[{index}].edits[{error.index}]",
@@ -818,7 +818,7 @@ class WorkspaceManager:
                     [
                         (op.relative, op.protected.risk, op.protected.reason())
                         for op in planned
-                        if op.protected
+                        if op.protected and op.changes  # a no-op retry needs no approval
                     ],
                     [(op.relative, op.net_deleted_lines) for op in planned],
                     sum(op.net_deleted_lines for op in planned),
@@ -1000,7 +1000,10 @@ class WorkspaceManager:
         return decided
 
     def approvals(self, run_id: str, pending_only: bool = False) -> list[ApprovalRecord]:
-        return self.store.list_approvals(validate_run_id(run_id), pending_only)
+        """The run's approval requests, newest first (also after its workspace was cleaned up)."""
+        if self.store.get_workspace(validate_run_id(run_id)) is None:
+            raise NotFound(f"run_id: run {run_id!r} has no workspace")
+        return self.store.list_approvals(run_id, pending_only)
 
     # -- Deliverables ---------------------------------------------------------------------
 
