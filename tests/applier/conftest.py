@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,6 +107,24 @@ def stub(tmp_path: Path, store: ApplierStore) -> Iterator[applier_pb2_grpc.Appli
 def workspace(manager: WorkspaceManager, source_repo: Path) -> Path:
     """A prepared workspace of run "run-1" cloned from ``source_repo``."""
     return manager.prepare("run-1", str(source_repo)).path
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file and link under ``root`` (.git included): content hash, link target and mode."""
+    digest: dict[str, str] = {}
+    for directory, subdirectories, names in os.walk(root):
+        subdirectories.sort()
+        for name in sorted([*names, *subdirectories]):
+            path = Path(directory, name)
+            relative = path.relative_to(root).as_posix()
+            status = path.lstat()
+            if path.is_symlink():
+                digest[relative] = f"link:{os.readlink(path)}"
+            elif path.is_file():
+                digest[relative] = f"{status.st_mode:o}:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+            else:
+                digest[relative] = f"dir:{status.st_mode:o}"
+    return digest
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 import grpc
@@ -17,7 +15,7 @@ from autopack.common.v1 import common_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from .conftest import CREATE, DELETE, EDIT, MODIFY, git, make_repo
+from .conftest import CREATE, DELETE, EDIT, MODIFY, git, make_repo, tree_digest
 
 TIMEOUT = 30
 BIG = "".join(f"line {number}\n" for number in range(1, 301))
@@ -27,24 +25,6 @@ SOURCE = {
     "config/settings.json": '{"debug": false}\n',
     "README.md": "# demo\n",
 }
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """Every file and link under ``root`` (.git included): content hash, link target and mode."""
-    digest: dict[str, str] = {}
-    for directory, subdirectories, names in os.walk(root):
-        subdirectories.sort()
-        for name in sorted([*names, *subdirectories]):
-            path = Path(directory, name)
-            relative = path.relative_to(root).as_posix()
-            status = path.lstat()
-            if path.is_symlink():
-                digest[relative] = f"link:{os.readlink(path)}"
-            elif path.is_file():
-                digest[relative] = f"{status.st_mode:o}:{hashlib.sha256(path.read_bytes()).hexdigest()}"
-            else:
-                digest[relative] = f"dir:{status.st_mode:o}"
-    return digest
 
 
 @pytest.fixture

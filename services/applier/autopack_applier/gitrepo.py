@@ -10,9 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import tarfile
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,12 +86,13 @@ class Git:
         check: bool = True,
         stdin: bytes | None = None,
         timeout: float = _DEFAULT_TIMEOUT,
+        extra_env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
         """Run ``git <args>`` here; raise GitError on a non-zero exit when ``check``."""
         result = subprocess.run(
             ["git", *args],
             cwd=self.cwd,
-            env=git_environment(),
+            env={**git_environment(), **(extra_env or {})},
             input=stdin,
             stdin=None if stdin is not None else subprocess.DEVNULL,
             capture_output=True,
@@ -210,33 +210,14 @@ class Git:
     def export(self, commit: str, destination: Path, timeout: float = 600.0) -> None:
         """Write the tree of ``commit`` into ``destination`` without touching this repository.
 
-        ``git archive`` streams a tar that is unpacked with tarfile's "data" filter, so no
-        member can land outside ``destination``; the workspace's index and refs stay as they are.
+        ``read-tree`` into a throw-away index file, then ``checkout-index --prefix``: the
+        workspace's own index, refs and objects stay as they are, and unlike ``git archive``
+        no ``export-ignore`` attribute can leave files (a test suite) out.
         """
-        process = subprocess.Popen(
-            ["git", "archive", "--format=tar", commit],
-            cwd=self.cwd,
-            env=git_environment(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert process.stdout is not None
-        try:
-            with tarfile.open(fileobj=process.stdout, mode="r|") as archive:
-                archive.extractall(destination, filter="data")
-        except (tarfile.TarError, OSError) as error:
-            process.kill()
-            process.wait()
-            raise GitError(("archive",), -1, f"could not unpack commit {commit}: {error}") from None
-        finally:
-            process.stdout.close()
-        assert process.stderr is not None
-        with process.stderr:
-            stderr = process.stderr.read()
-        process.wait(timeout=timeout)
-        if process.returncode != 0:
-            raise GitError(("archive",), process.returncode, stderr.decode("utf-8", "replace"))
+        with tempfile.TemporaryDirectory(prefix="export-index-") as temporary:
+            index = {"GIT_INDEX_FILE": str(Path(temporary, "index"))}
+            self.run("read-tree", commit, extra_env=index, timeout=timeout)
+            self.run("checkout-index", "-a", "-f", f"--prefix={destination}/", extra_env=index, timeout=timeout)
 
 
 def apply_unified_diff(scratch_root: Path, objects: Path | None, path: str, text: str, patch: str) -> str:
