@@ -217,7 +217,9 @@ class Git:
         with tempfile.TemporaryDirectory(prefix="export-index-") as temporary:
             index = {"GIT_INDEX_FILE": str(Path(temporary, "index"))}
             self.run("read-tree", commit, extra_env=index, timeout=timeout)
-            self.run("checkout-index", "-a", "-f", f"--prefix={destination}/", extra_env=index, timeout=timeout)
+            self.run(
+                "checkout-index", "-a", "-f", f"--prefix={destination}/", extra_env=index, timeout=timeout
+            )
 
 
 def apply_unified_diff(scratch_root: Path, objects: Path | None, path: str, text: str, patch: str) -> str:
