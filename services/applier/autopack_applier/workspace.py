@@ -315,47 +315,15 @@ def plan_operations(
                 field, f"{path!r} does not exist, nothing to {action}; use FILE_MODE_CREATE to add it"
             )
             continue
-        if operation.base_sha256 and original is not None and not symlink:
-            current = hashlib.sha256(original).hexdigest()
-            if current != operation.base_sha256.lower():
-                violations.add(
-                    f"operations[{index}].base_sha256",
-                    f"{path!r} is stale: the edits were written against {operation.base_sha256[:12]}, "
-                    f"the workspace file is {current[:12]} (read it again)",
-                    stale=True,
-                )
+        if operation.mode is not Mode.DELETE:
+            resolved = _final_content(
+                index, operation, path, relative, content, original, apply_diff, violations
+            )
+            if resolved is None:
                 continue
-        original_text: str | None = None
-        if original is not None and not symlink and operation.mode is not Mode.DELETE:
-            try:
-                original_text = original.decode("utf-8")
-            except UnicodeDecodeError:
-                if operation.mode is Mode.EDIT:
-                    violations.add(
-                        field, f"{path!r} is not UTF-8 text, so it cannot be edited; send it whole"
-                    )
-                    continue
-        if operation.mode is Mode.EDIT:
-            assert original_text is not None
-            try:
-                text = resolve_edits(path, original_text, operation.edits, apply_diff or _no_diffs)
-            except EditRejected as error:
-                violations.add(
-                    f"operations[{index}].edits[{error.index}]",
-                    f"{path!r}: {error.problem}",
-                    stale=error.stale,
-                )
-                continue
-            content = text.encode("utf-8")
-        if operation.mode is not Mode.DELETE and content != original:
-            problems = new_problems(relative, content.decode("utf-8"), original_text)
-            if problems:
-                content_field = "edits" if operation.mode is Mode.EDIT else "new_content"
-                violations.add(
-                    f"operations[{index}].{content_field}",
-                    "refused by validation: " + "; ".join(problem.describe(relative) for problem in problems),
-                )
-                continue
+            content = resolved
+        elif not _fresh(index, operation, path, original, symlink, violations):
+            continue
         approvable = hit if hit is not None and hit.approvable else None
         planned.append(
             PlannedOperation(
@@ -374,6 +342,75 @@ def plan_operations(
                 break
     violations.raise_any()
     return planned
+
+
+def _fresh(
+    index: int,
+    operation: FileOperation,
+    path: str,
+    original: bytes | None,
+    symlink: bool,
+    violations: _Violations,
+) -> bool:
+    """False (with a stale violation) when ``base_sha256`` names other bytes than the file's."""
+    if not operation.base_sha256 or original is None or symlink:
+        return True
+    current = hashlib.sha256(original).hexdigest()
+    if current == operation.base_sha256.lower():
+        return True
+    violations.add(
+        f"operations[{index}].base_sha256",
+        f"{path!r} is stale: the edits were written against {operation.base_sha256[:12]}, "
+        f"the workspace file is {current[:12]} (read it again)",
+        stale=True,
+    )
+    return False
+
+
+def _final_content(
+    index: int,
+    operation: FileOperation,
+    path: str,
+    relative: str,
+    content: bytes,
+    original: bytes | None,
+    apply_diff: DiffApplier | None,
+    violations: _Violations,
+) -> bytes | None:
+    """The bytes a CREATE/MODIFY/EDIT leaves, edits resolved and validated; None when refused."""
+    if not _fresh(index, operation, path, original, False, violations):
+        return None
+    original_text: str | None = None
+    if original is not None:
+        try:
+            original_text = original.decode("utf-8")
+        except UnicodeDecodeError:
+            if operation.mode is Mode.EDIT:
+                violations.add(
+                    f"operations[{index}].path",
+                    f"{path!r} is not UTF-8 text, so it cannot be edited; send it whole",
+                )
+                return None
+    if operation.mode is Mode.EDIT:
+        assert original_text is not None  # EDIT of a missing file was refused before
+        try:
+            text = resolve_edits(path, original_text, operation.edits, apply_diff or _no_diffs)
+        except EditRejected as error:
+            violations.add(
+                f"operations[{index}].edits[{error.index}]", f"{path!r}: {error.problem}", stale=error.stale
+            )
+            return None
+        content = text.encode("utf-8")
+    if content != original:
+        problems = new_problems(relative, content.decode("utf-8"), original_text)
+        if problems:
+            content_field = "edits" if operation.mode is Mode.EDIT else "new_content"
+            violations.add(
+                f"operations[{index}].{content_field}",
+                "refused by validation: " + "; ".join(problem.describe(relative) for problem in problems),
+            )
+            return None
+    return content
 
 
 def _form_problem(index: int, operation: FileOperation) -> tuple[str, str] | None:
