@@ -338,6 +338,27 @@ def test_settings_parse_comma_separated_lists(monkeypatch: pytest.MonkeyPatch, t
     assert settings.protected_paths == ["config.py", "secrets/"]
     assert settings.resolved_workspace_root() == (tmp_path / "data" / "workspaces").resolve()
     assert ApplierSettings().check_timeout_seconds == 300
+    monkeypatch.setenv("AUTOPACK_APPLIER_ALLOWED_PATHS", ".autopack/reports/, docs/db/")
+    monkeypatch.setenv("AUTOPACK_APPLIER_DELETION_BLOCK_LINES", "300")
+    settings = ApplierSettings()
+    assert settings.allowed_paths == [".autopack/reports/", "docs/db/"]
+    assert (
+        settings.deletion_savepoint_lines,
+        settings.deletion_notify_lines,
+        settings.deletion_block_lines,
+    ) == (
+        50,
+        100,
+        300,
+    )
+    assert settings.savepoint_retention == 3
+    monkeypatch.setenv("AUTOPACK_APPLIER_DELETION_BLOCK_LINES", "80")
+    with pytest.raises(ValueError, match="DELETION_NOTIFY_LINES <= AUTOPACK_APPLIER_DELETION_BLOCK_LINES"):
+        ApplierSettings()
+    monkeypatch.setenv("AUTOPACK_APPLIER_DELETION_BLOCK_LINES", "200")
+    monkeypatch.setenv("AUTOPACK_APPLIER_SAVEPOINT_RETENTION", "1")
+    with pytest.raises(ValueError, match="SAVEPOINT_RETENTION"):
+        ApplierSettings()
 
 
 def _free_port() -> int:

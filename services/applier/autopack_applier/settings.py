@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from autopack_common.settings import ServiceSettings
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from autopack_applier.checks import DEFAULT_ALLOWED_COMMANDS
@@ -65,6 +65,16 @@ class ApplierSettings(ServiceSettings):
     _split = field_validator(
         "protected_paths", "allowed_paths", "allowed_commands", "source_roots", "check_env", mode="before"
     )(_split_list)
+
+    @model_validator(mode="after")
+    def _ordered_deletion_tiers(self) -> ApplierSettings:
+        """The tiers must nest: tag <= notify <= block, or a deletion could block untagged."""
+        if not self.deletion_savepoint_lines <= self.deletion_notify_lines <= self.deletion_block_lines:
+            raise ValueError(
+                "AUTOPACK_APPLIER_DELETION_SAVEPOINT_LINES <= AUTOPACK_APPLIER_DELETION_NOTIFY_LINES <= "
+                "AUTOPACK_APPLIER_DELETION_BLOCK_LINES must hold"
+            )
+        return self
 
     def resolved_workspace_root(self) -> Path:
         """Absolute, symlink-free workspace root (``<data_dir>/workspaces`` by default)."""
