@@ -117,6 +117,7 @@ def test_normalize_diff_fixes_headers_and_refuses_what_is_not_one_file() -> None
         ("--- /dev/null\n+++ b/a.py\n@@ -0,0 +1 @@\n+y\n", "use FILE_MODE_CREATE"),
         ("--- a/a.py\n+++ b/a.py\n--- a/a.py\n+++ b/a.py\n@@ -1 +1 @@\n", "more than one file"),
         ("--- a/a.py\n+++ b/a.py\n-x\n", "no hunk"),
+        ("--- a/a.py\n+++ b/a.py\n@@ -1 +1 @@\n-x\n+y\ndiff --git a/b b/c\nrename from b\n", "second patch"),
     ]:
         with pytest.raises(EditRejected) as error:
             normalize_diff("a.py", bad)

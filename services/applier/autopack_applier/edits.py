@@ -248,6 +248,8 @@ def normalize_diff(path: str, diff: str) -> str:
         if named != path:
             raise EditRejected(0, f"unified_diff's '{side}' header names {named!r}, not {path!r}")
     hunks = lines[first + 2 :]
+    if any(line.startswith(("diff ", "GIT binary patch")) for line in hunks):
+        raise EditRejected(0, "unified_diff holds a second patch after its hunks; give one diff per file")
     if not any(line.startswith("@@") for line in hunks):
         raise EditRejected(0, "unified_diff has no hunk ('@@ -a,b +c,d @@')")
     index_line = next((line for line in lines[:first] if line.startswith("index ")), "")
