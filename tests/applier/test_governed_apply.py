@@ -390,6 +390,21 @@ def test_a_rollback_never_removes_protected_untracked_files(
     assert (workspace / "README.md").read_text() == "# demo\n"
 
 
+def test_protected_files_a_check_left_stay_out_of_savepoints(
+    stub: applier_pb2_grpc.ApplierServiceStub, workspace: Path
+) -> None:
+    first = apply(stub, common_pb2.FileOperation(path="README.md", mode=MODIFY, new_content="# v1\n"))
+    (workspace / "test.sqlite3").write_bytes(b"db")  # what a test suite might leave behind
+    (workspace / "notes.txt").write_text("scratch\n")
+    second = apply(stub, common_pb2.FileOperation(path="README.md", mode=MODIFY, new_content="# v2\n"))
+    assert list(second.changed_paths) == ["README.md", "notes.txt"]
+    assert "test.sqlite3" not in git(workspace, "ls-files")
+    stub.Rollback(
+        applier_pb2.RollbackRequest(run_id="run-1", savepoint=first.previous_savepoint), timeout=TIMEOUT
+    )
+    assert (workspace / "test.sqlite3").read_bytes() == b"db" and not (workspace / "notes.txt").exists()
+
+
 def test_cleanup_removes_a_finished_workspace_but_not_protected_files(
     stub: applier_pb2_grpc.ApplierServiceStub, workspace: Path
 ) -> None:

@@ -148,19 +148,35 @@ class Git:
         exclude.parent.mkdir(parents=True, exist_ok=True)
         exclude.write_text("# written by autopack-applier\n" + "\n".join(WORKSPACE_EXCLUDES) + "\n")
 
-    def commit_all(self, message: str, force_paths: Sequence[str] = ()) -> str:
-        """Stage everything (plus ``force_paths`` even if ignored), commit, return the id."""
+    def commit_all(
+        self, message: str, force_paths: Sequence[str] = (), leave_out: Callable[[str], bool] | None = None
+    ) -> str:
+        """Stage everything (plus ``force_paths`` even if ignored), commit, return the id.
+
+        Untracked files for which ``leave_out(path)`` is true stay untracked unless they are
+        in ``force_paths``: a ``.env`` or database a check created must not enter a savepoint,
+        where a later rollback to an older savepoint would delete it.
+        """
+        forced = set(force_paths)
+        left: list[str] = []
+        if leave_out is not None:
+            left = [path for path in self.untracked() if path not in forced and leave_out(path)]
         self.run("add", "-A")
-        if force_paths:
-            self.run(
-                "add",
-                "-f",
-                "--pathspec-from-file=-",
-                "--pathspec-file-nul",
-                stdin="\0".join(force_paths).encode("utf-8", "surrogateescape"),
-            )
+        for paths, options in ((force_paths, ("add", "-f")), (left, ("reset", "-q"))):
+            if paths:
+                self.run(
+                    *options,
+                    "--pathspec-from-file=-",
+                    "--pathspec-file-nul",
+                    stdin="\0".join(paths).encode("utf-8", "surrogateescape"),
+                )
         self.run("commit", "-q", "--allow-empty", "--no-verify", "-m", message)
         return self.head()
+
+    def untracked(self) -> list[str]:
+        """Untracked, not ignored files (a nested repository is listed as "dir/")."""
+        output = self.run("ls-files", "-z", "--others", "--exclude-standard").stdout
+        return [entry for entry in output.decode("utf-8", "surrogateescape").split("\0") if entry]
 
     def restore(self, commit: str, keep: Callable[[str], bool] | None = None) -> None:
         """Make the work tree ``commit``: tracked files reset, untracked (not ignored) ones removed.
@@ -172,8 +188,7 @@ class Git:
         if keep is None:
             self.run("clean", "-q", "-f", "-d")
             return
-        output = self.run("ls-files", "-z", "--others", "--exclude-standard").stdout
-        untracked = [entry for entry in output.decode("utf-8", "surrogateescape").split("\0") if entry]
+        untracked = self.untracked()
         if not any(keep(path) for path in untracked):
             self.run("clean", "-q", "-f", "-d")
             return

@@ -881,6 +881,7 @@ class WorkspaceManager:
                 savepoint = git.commit_all(
                     f"autopack: {run_id}/{phase_id} attempt {attempt}",
                     force_paths=[op.relative for op in planned if op.mode is not Mode.DELETE],
+                    leave_out=self._is_protected,
                 )
                 stat = git.numstat(previous, savepoint)
             except (OSError, GitError) as error:
