@@ -2,18 +2,47 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from autopack.applier.v1 import applier_pb2_grpc
+from autopack.common.v1 import common_pb2
+from autopack_applier.service import binding, build_servicer
+from autopack_applier.settings import ApplierSettings
 from autopack_applier.store import ApplierStore
 from autopack_applier.workspace import WorkspaceManager
+from autopack_common.clients import open_channel
 from autopack_common.database import create_db_engine, upgrade_schema
+from autopack_common.server import create_server
 
 # Commits made by the tests themselves carry an identity on the command line, so nothing
 # depends on (or changes) the machine's git configuration.
 _TEST_GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
+
+
+CREATE, MODIFY, DELETE, EDIT = (
+    common_pb2.FILE_MODE_CREATE,
+    common_pb2.FILE_MODE_MODIFY,
+    common_pb2.FILE_MODE_DELETE,
+    common_pb2.FILE_MODE_EDIT,
+)
+
+
+@contextmanager
+def serve(settings: ApplierSettings, store: ApplierStore) -> Iterator[applier_pb2_grpc.ApplierServiceStub]:
+    """An applier server on a free port and a stub on a real channel to it."""
+    running = create_server([binding(build_servicer(settings, store))], "127.0.0.1:0")
+    channel = open_channel("applier", running.address)
+    try:
+        yield applier_pb2_grpc.ApplierServiceStub(channel)
+    finally:
+        channel.close()
+        running.stop(0)
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -68,9 +97,34 @@ def manager(tmp_path: Path, store: ApplierStore) -> WorkspaceManager:
 
 
 @pytest.fixture
+def stub(tmp_path: Path, store: ApplierStore) -> Iterator[applier_pb2_grpc.ApplierServiceStub]:
+    """A stub of an applier with default settings (workspaces under ``tmp_path``)."""
+    with serve(ApplierSettings(AUTOPACK_APPLIER_WORKSPACE_ROOT=tmp_path / "workspaces"), store) as served:
+        yield served
+
+
+@pytest.fixture
 def workspace(manager: WorkspaceManager, source_repo: Path) -> Path:
     """A prepared workspace of run "run-1" cloned from ``source_repo``."""
     return manager.prepare("run-1", str(source_repo)).path
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file and link under ``root`` (.git included): content hash, link target and mode."""
+    digest: dict[str, str] = {}
+    for directory, subdirectories, names in os.walk(root):
+        subdirectories.sort()
+        for name in sorted([*names, *subdirectories]):
+            path = Path(directory, name)
+            relative = path.relative_to(root).as_posix()
+            status = path.lstat()
+            if path.is_symlink():
+                digest[relative] = f"link:{os.readlink(path)}"
+            elif path.is_file():
+                digest[relative] = f"{status.st_mode:o}:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+            else:
+                digest[relative] = f"dir:{status.st_mode:o}"
+    return digest
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

@@ -72,7 +72,7 @@ def test_builtin_protected_paths_cannot_be_configured_away() -> None:
 
 def test_configured_protected_files_prefixes_and_globs() -> None:
     protected = normalize_protected(["./config.py", "secrets/", "*.pem", " "])
-    assert protected_reason("config.py", protected) == "is a protected path (rule 'config.py')"
+    assert protected_reason("config.py", protected) == "is a protected path (configured, rule 'config.py')"
     assert protected_reason("src/config.py", protected) is None  # a file rule is a path from the root
     assert protected_reason("secrets/prod.env", protected)
     assert protected_reason("secrets", protected)

@@ -173,10 +173,11 @@ def test_write_outside_scope_is_invalid_argument_and_changes_nothing(
         "'..'",
     )
     expect_error(
-        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
         stub.Apply,
         apply_request(op("config.py", MODIFY, "SECRET_MODE = True\n"), paths=("./",)),
-        "operations[0].path: 'config.py' is a protected path",
+        "config.py is a protected path (configured, rule 'config.py')",
+        "approval request",
     )
     expect_error(
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -197,6 +198,10 @@ def test_unknown_runs_are_not_found_for_every_rpc(stub: applier_pb2_grpc.Applier
         ),
         (stub.RunChecks, applier_pb2.RunChecksRequest(run_id="ghost", command=["python", "-V"])),
         (stub.Rollback, applier_pb2.RollbackRequest(run_id="ghost", savepoint="a" * 40)),
+        (stub.DetectToolchain, applier_pb2.DetectToolchainRequest(run_id="ghost")),
+        (stub.ListApprovalRequests, applier_pb2.ListApprovalRequestsRequest(run_id="ghost")),
+        (stub.CheckDeliverables, applier_pb2.CheckDeliverablesRequest(run_id="ghost", deliverables=["a.py"])),
+        (stub.CleanupWorkspace, applier_pb2.CleanupWorkspaceRequest(run_id="ghost")),
     ]
     for call, request in calls:
         expect_error(grpc.StatusCode.NOT_FOUND, call, request, "run_id", "'ghost'")
@@ -333,6 +338,27 @@ def test_settings_parse_comma_separated_lists(monkeypatch: pytest.MonkeyPatch, t
     assert settings.protected_paths == ["config.py", "secrets/"]
     assert settings.resolved_workspace_root() == (tmp_path / "data" / "workspaces").resolve()
     assert ApplierSettings().check_timeout_seconds == 300
+    monkeypatch.setenv("AUTOPACK_APPLIER_ALLOWED_PATHS", ".autopack/reports/, docs/db/")
+    monkeypatch.setenv("AUTOPACK_APPLIER_DELETION_BLOCK_LINES", "300")
+    settings = ApplierSettings()
+    assert settings.allowed_paths == [".autopack/reports/", "docs/db/"]
+    assert (
+        settings.deletion_savepoint_lines,
+        settings.deletion_notify_lines,
+        settings.deletion_block_lines,
+    ) == (
+        50,
+        100,
+        300,
+    )
+    assert settings.savepoint_retention == 3
+    monkeypatch.setenv("AUTOPACK_APPLIER_DELETION_BLOCK_LINES", "80")
+    with pytest.raises(ValueError, match="DELETION_NOTIFY_LINES <= AUTOPACK_APPLIER_DELETION_BLOCK_LINES"):
+        ApplierSettings()
+    monkeypatch.setenv("AUTOPACK_APPLIER_DELETION_BLOCK_LINES", "200")
+    monkeypatch.setenv("AUTOPACK_APPLIER_SAVEPOINT_RETENTION", "1")
+    with pytest.raises(ValueError, match="SAVEPOINT_RETENTION"):
+        ApplierSettings()
 
 
 def _free_port() -> int:

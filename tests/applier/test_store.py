@@ -7,7 +7,17 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
-from autopack_applier.store import ApplierStore, ApplyLogEntry, CheckBaseline, WorkspaceRecord
+from autopack_applier.store import (
+    APPROVAL_APPROVED,
+    APPROVAL_CONSUMED,
+    APPROVAL_PENDING,
+    ApplierStore,
+    ApplyLogEntry,
+    ApprovalRecord,
+    CheckBaseline,
+    WorkspaceRecord,
+    new_request_id,
+)
 from autopack_common.database import create_db_engine, upgrade_schema
 from autopack_common.errors import AlreadyExists
 
@@ -33,6 +43,7 @@ def test_schema_has_own_tables_and_version_table(db_store: ApplierStore) -> None
         "applier_workspaces",
         "applier_apply_log",
         "applier_check_baselines",
+        "applier_approval_requests",
         "alembic_version_applier",
     } <= tables
 
@@ -99,3 +110,43 @@ def test_a_commands_first_baseline_wins(db_store: ApplierStore) -> None:
     later = CheckBaseline("run-1", command, "b" * 40, {}, {}, ("t.py",), datetime(2026, 1, 3, tzinfo=UTC))
     assert db_store.add_baseline(later) == first  # a concurrent second recording returns the first
     assert db_store.get_baseline("run-1", ("python", "-m", "pytest")) is None  # another argv, another key
+
+
+def test_approvals_are_decided_once_and_consumed_once(db_store: ApplierStore) -> None:
+    db_store.add_workspace(_workspace())
+    record = ApprovalRecord(
+        request_id=new_request_id(),
+        run_id="run-1",
+        phase_id="p1",
+        fingerprint="f" * 64,
+        reason="protected_path_violation",
+        risk_level="high",
+        paths=(".env",),
+        details=(".env is a protected path",),
+    )
+    stored = db_store.add_approval(record)
+    assert stored.status == APPROVAL_PENDING and stored.created_at is not None
+    assert db_store.latest_approval("run-1", "f" * 64) == stored
+    assert not db_store.consume_approval(record.request_id, "a" * 40)  # pending: nothing to consume
+    assert db_store.decide_approval(record.request_id, APPROVAL_APPROVED, "alice", None)
+    assert not db_store.decide_approval(record.request_id, APPROVAL_APPROVED, "bob", None)
+    assert db_store.consume_approval(record.request_id, "a" * 40)
+    assert not db_store.consume_approval(record.request_id, "b" * 40)
+    assert db_store.latest_approval("run-1", "f" * 64) is None  # consumed ones are not reused
+    [listed] = db_store.list_approvals("run-1")
+    assert (listed.status, listed.decided_by, listed.consumed_by) == (APPROVAL_CONSUMED, "alice", "a" * 40)
+    assert db_store.list_approvals("run-1", pending_only=True) == []
+
+
+def test_retention_prunes_the_oldest_savepoints(db_store: ApplierStore) -> None:
+    db_store.add_workspace(_workspace())
+    for number in range(4):
+        db_store.log_apply(ApplyLogEntry("run-1", "p1", number, f"{number}" * 40, None, (), "accepted", None))
+    assert db_store.prune_savepoints("run-1", keep=3) == ["0" * 40]
+    assert db_store.savepoints("run-1") == {"a" * 40, "1" * 40, "2" * 40, "3" * 40}
+    assert db_store.is_pruned("run-1", "0000000") and not db_store.is_pruned("run-1", "1111111")
+    assert db_store.prune_savepoints("run-1", keep=3) == []
+    assert db_store.mark_removed("run-1") == 3
+    assert db_store.savepoints("run-1") == {"a" * 40}
+    workspace = db_store.get_workspace("run-1")
+    assert workspace is not None and workspace.removed_at is not None

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from autopack_applier import workspace as workspace_module
+from autopack_applier.governance import GovernanceBlocked
 from autopack_applier.store import ApplierStore
 from autopack_applier.workspace import FileOperation, Mode, WorkspaceManager
 from autopack_common.errors import (
@@ -189,7 +190,7 @@ def test_prepare_validates_its_input(
     restricted = WorkspaceManager(manager.root, store, source_roots=[source_repo / "src"])
     with pytest.raises(PermissionDenied, match=r"^source_repo:"):
         restricted.prepare("run-1", str(source_repo))
-    assert sorted(p.name for p in manager.root.iterdir()) == [".locks"]
+    assert sorted(p.name for p in manager.root.iterdir()) == [".locks", ".scratch"]
 
 
 # -- ReadFiles --------------------------------------------------------------------------------
@@ -309,12 +310,24 @@ def test_apply_rejects_malformed_paths(
     assert error.field == "operations[0].path" and reason in error.message
 
 
-def test_apply_never_writes_protected_paths(manager: WorkspaceManager, workspace: Path) -> None:
-    for path in [".git/config", ".git/hooks/post-commit", "vendor/.git/HEAD", ".autopack/x", "config.py"]:
+def test_apply_never_writes_vcs_internals(manager: WorkspaceManager, workspace: Path) -> None:
+    for path in [".git/config", ".git/hooks/post-commit", "vendor/.git/HEAD", ".hg/hgrc", "x/.svn/entries"]:
         error = rejected(manager, workspace, create(path), scope=["./"])
-        assert "protected" in error.message, path
-    error = rejected(manager, workspace, create("secrets/key.txt"), create("deploy/tls.pem"), scope=["./"])
-    assert "operations[1].path: 'deploy/tls.pem' is a protected path" in error.message
+        assert "VCS directory (protected, never writable)" in error.message, path
+
+
+def test_protected_writes_need_approval_and_change_nothing(
+    manager: WorkspaceManager, workspace: Path
+) -> None:
+    for path in [".autopack/x", "config.py", ".env", "app/.env.local", "data/app.sqlite3", "deploy/tls.pem"]:
+        before = state(workspace)
+        with pytest.raises(GovernanceBlocked) as error:
+            apply(manager, modify(path, "x\n") if path == "config.py" else create(path), scope=["./"])
+        assert state(workspace) == before
+        assert error.value.decision.violations[0].path == path
+        assert "protected path" in error.value.message and error.value.request_id in error.value.message
+    # A template of an env file is not a secret.
+    assert apply(manager, create(".env.example", "KEY=\n"), scope=["./"]).changed_paths == (".env.example",)
 
 
 def test_read_only_context_is_not_writable(manager: WorkspaceManager, workspace: Path) -> None:
@@ -346,8 +359,9 @@ def test_apply_refuses_to_write_through_symlinks_leaving_scope_or_workspace(
     assert "resolves outside the workspace" in error.message
     error = rejected(manager, workspace, modify("alias/app.py", "x\n"), scope=["alias/"])
     assert "resolves through a symlink to 'src/app.py', which is outside the scope" in error.message
-    error = rejected(manager, workspace, modify("cfg", "DEBUG = True\n"), scope=["cfg"])
-    assert "'config.py', which is a protected path" in error.message
+    with pytest.raises(GovernanceBlocked) as blocked:
+        apply(manager, modify("cfg", "DEBUG = True\n"), scope=["cfg", "config.py"])
+    assert [violation.path for violation in blocked.value.decision.violations] == ["config.py"]
     assert (outside / "victim.txt").read_text() == "keep\n" and sorted(os.listdir(outside)) == ["victim.txt"]
 
     result = apply(manager, modify("alias/app.py", "y = 2\n"), scope=["alias/", "src/"])

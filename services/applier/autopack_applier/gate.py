@@ -53,10 +53,6 @@ class Verdict(enum.Enum):
     FAILED = "failed"
     TIMED_OUT = "timed_out"
 
-    @property
-    def completes_phase(self) -> bool:
-        return self in (Verdict.PASSED, Verdict.NO_NEW_FAILURES)
-
 
 @dataclass(frozen=True)
 class Judgement:

@@ -7,10 +7,11 @@ credential helpers) and makes pathspecs literal, so a file named "*.py" is that 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
-import tarfile
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,12 +86,13 @@ class Git:
         check: bool = True,
         stdin: bytes | None = None,
         timeout: float = _DEFAULT_TIMEOUT,
+        extra_env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
         """Run ``git <args>`` here; raise GitError on a non-zero exit when ``check``."""
         result = subprocess.run(
             ["git", *args],
             cwd=self.cwd,
-            env=git_environment(),
+            env={**git_environment(), **(extra_env or {})},
             input=stdin,
             stdin=None if stdin is not None else subprocess.DEVNULL,
             capture_output=True,
@@ -146,24 +148,61 @@ class Git:
         exclude.parent.mkdir(parents=True, exist_ok=True)
         exclude.write_text("# written by autopack-applier\n" + "\n".join(WORKSPACE_EXCLUDES) + "\n")
 
-    def commit_all(self, message: str, force_paths: Sequence[str] = ()) -> str:
-        """Stage everything (plus ``force_paths`` even if ignored), commit, return the id."""
+    def commit_all(
+        self, message: str, force_paths: Sequence[str] = (), leave_out: Callable[[str], bool] | None = None
+    ) -> str:
+        """Stage everything (plus ``force_paths`` even if ignored), commit, return the id.
+
+        Untracked files for which ``leave_out(path)`` is true stay untracked unless they are
+        in ``force_paths``: a ``.env`` or database a check created must not enter a savepoint,
+        where a later rollback to an older savepoint would delete it.
+        """
+        forced = set(force_paths)
+        left: list[str] = []
+        if leave_out is not None:
+            left = [path for path in self.untracked() if path not in forced and leave_out(path)]
         self.run("add", "-A")
-        if force_paths:
-            self.run(
-                "add",
-                "-f",
-                "--pathspec-from-file=-",
-                "--pathspec-file-nul",
-                stdin="\0".join(force_paths).encode("utf-8", "surrogateescape"),
-            )
+        for paths, options in ((force_paths, ("add", "-f")), (left, ("reset", "-q"))):
+            if paths:
+                self.run(
+                    *options,
+                    "--pathspec-from-file=-",
+                    "--pathspec-file-nul",
+                    stdin="\0".join(paths).encode("utf-8", "surrogateescape"),
+                )
         self.run("commit", "-q", "--allow-empty", "--no-verify", "-m", message)
         return self.head()
 
-    def restore(self, commit: str) -> None:
-        """Make the work tree exactly ``commit``: tracked files reset, untracked ones removed."""
+    def untracked(self) -> list[str]:
+        """Untracked, not ignored files (a nested repository is listed as "dir/")."""
+        output = self.run("ls-files", "-z", "--others", "--exclude-standard").stdout
+        return [entry for entry in output.decode("utf-8", "surrogateescape").split("\0") if entry]
+
+    def restore(self, commit: str, keep: Callable[[str], bool] | None = None) -> None:
+        """Make the work tree ``commit``: tracked files reset, untracked (not ignored) ones removed.
+
+        Untracked files for which ``keep(path)`` is true (protected: env/secret files,
+        databases, run state) survive; the seeds' rollback lost a ``.env`` to ``git clean``.
+        """
         self.run("reset", "-q", "--hard", commit)
-        self.run("clean", "-q", "-f", "-d")
+        if keep is None:
+            self.run("clean", "-q", "-f", "-d")
+            return
+        untracked = self.untracked()
+        if not any(keep(path) for path in untracked):
+            self.run("clean", "-q", "-f", "-d")
+            return
+        directories: set[Path] = set()
+        for path in untracked:
+            if path.endswith("/") or keep(path):  # a nested repository, or protected
+                continue
+            target = self.cwd / path
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+            directories.update(parent for parent in target.parents if self.cwd in parent.parents)
+        for directory in sorted(directories, key=lambda item: len(item.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only when empty
 
     def numstat(self, old: str, new: str) -> NumStat:
         """Paths and line counts changed between two commits."""
@@ -186,30 +225,66 @@ class Git:
     def export(self, commit: str, destination: Path, timeout: float = 600.0) -> None:
         """Write the tree of ``commit`` into ``destination`` without touching this repository.
 
-        ``git archive`` streams a tar that is unpacked with tarfile's "data" filter, so no
-        member can land outside ``destination``; the workspace's index and refs stay as they are.
+        ``read-tree`` into a throw-away index file, then ``checkout-index --prefix``: the
+        workspace's own index, refs and objects stay as they are, and unlike ``git archive``
+        no ``export-ignore`` attribute can leave files (a test suite) out.
         """
-        process = subprocess.Popen(
-            ["git", "archive", "--format=tar", commit],
-            cwd=self.cwd,
-            env=git_environment(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+        with tempfile.TemporaryDirectory(prefix="export-index-") as temporary:
+            index = {"GIT_INDEX_FILE": str(Path(temporary, "index"))}
+            self.run("read-tree", commit, extra_env=index, timeout=timeout)
+            self.run(
+                "checkout-index", "-a", "-f", f"--prefix={destination}/", extra_env=index, timeout=timeout
+            )
+
+
+def apply_unified_diff(scratch_root: Path, objects: Path | None, path: str, text: str, patch: str) -> str:
+    """``text`` (the content of ``path``) with ``patch`` applied, computed in a scratch repository.
+
+    ``git apply --check`` first; when the hunks do not apply and the patch names its
+    preimage blob (an ``index`` line), ``git apply --3way`` merges against that blob, read
+    from ``objects`` (the workspace's object store, as an alternate, so nothing is written
+    to it). Returns the new text or raises DiffNotApplied with git's reason.
+    """
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="diff-", dir=scratch_root) as temporary:
+        tree = Path(temporary, "tree")
+        tree.mkdir()
+        git = Git(tree)
+        git.run("init", "-q")
+        if objects is not None:
+            Path(tree, ".git", "objects", "info", "alternates").write_text(f"{objects}\n")
+        target = tree / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(text.encode("utf-8"))
+        patch_file = Path(temporary, "edit.patch")
+        patch_file.write_bytes(patch.encode("utf-8"))
+        options = ("--recount", "--whitespace=nowarn", str(patch_file))
+        checked = git.run("apply", "--check", *options, check=False)
+        if checked.returncode == 0:
+            git.run("apply", *options)
+            return target.read_bytes().decode("utf-8")
+        reason = _last_lines(checked.stderr)
+        if objects is not None and "\nindex " in patch:
+            git.run("add", "--", path)
+            merged = git.run("apply", "--3way", *options, check=False)
+            if merged.returncode == 0:
+                return target.read_bytes().decode("utf-8")
+            reason = f"{reason}; 3-way merge: {_last_lines(merged.stderr)}"
+        malformed = any(
+            marker in reason for marker in ("corrupt patch", "No valid patches", "without header")
         )
-        assert process.stdout is not None
-        try:
-            with tarfile.open(fileobj=process.stdout, mode="r|") as archive:
-                archive.extractall(destination, filter="data")
-        except (tarfile.TarError, OSError) as error:
-            process.kill()
-            process.wait()
-            raise GitError(("archive",), -1, f"could not unpack commit {commit}: {error}") from None
-        finally:
-            process.stdout.close()
-        assert process.stderr is not None
-        with process.stderr:
-            stderr = process.stderr.read()
-        process.wait(timeout=timeout)
-        if process.returncode != 0:
-            raise GitError(("archive",), process.returncode, stderr.decode("utf-8", "replace"))
+        raise DiffNotApplied(reason, malformed=malformed)
+
+
+class DiffNotApplied(ValueError):
+    """A unified diff does not apply; ``malformed`` when it is not a valid patch at all."""
+
+    def __init__(self, reason: str, *, malformed: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.malformed = malformed
+
+
+def _last_lines(stderr: bytes, count: int = 2) -> str:
+    lines = [line for line in stderr.decode("utf-8", "replace").strip().splitlines() if line.strip()]
+    return " | ".join(lines[-count:]) or "git apply failed without a message"

@@ -7,16 +7,26 @@ resolves to. Paths are POSIX-style: forward slashes, no leading slash, no "..".
 
 from __future__ import annotations
 
+import enum
 import fnmatch
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from autopack_common.errors import InvalidArgument
 
 # Always protected, whatever the configuration says: git's own data (anywhere, so no
-# nested repository can be planted) and Autopack's runtime state.
+# nested repository can be planted) and Autopack's runtime state. The default categories
+# below (VCS internals, env/secret files, databases, run state) come on top.
 BUILTIN_PROTECTED: tuple[str, ...] = (".git/", ".autopack/")
+VCS_DIRECTORIES = frozenset({".git", ".hg", ".svn"})
+RUN_STATE_DIRECTORIES = frozenset({".autopack", ".autonomous_runs"})
+SECRET_SUFFIXES = frozenset({".pem", ".key", ".p12", ".pfx", ".jks", ".keystore"})
+SECRET_NAMES = frozenset({"id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", ".netrc", ".pgpass", ".htpasswd"})
+DATABASE_SUFFIXES = frozenset({".db", ".sqlite", ".sqlite3", ".db3"})
+# ".env.example" and friends are templates meant to be edited, not secrets.
+ENV_TEMPLATE_SUFFIXES = (".example", ".sample", ".template", ".dist", ".defaults")
 
 MAX_PATH_LENGTH = 4096
 _MAX_COMPONENT_BYTES = 255
@@ -95,26 +105,107 @@ def normalize_protected(rules: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(normalized))
 
 
-def protected_reason(path: str, protected: Sequence[str]) -> str | None:
-    """Why ``path`` (normalised, a file) may not be written, or None when it may.
+class Risk(enum.Enum):
+    """How dangerous a refused change is; decides whether a human may approve it."""
 
-    Matching ignores case, so ".GIT/config" cannot slip past on a case-insensitive
-    filesystem.
-    """
-    folded = path.casefold()
-    if ".git" in folded.split("/"):
-        return "is inside a .git directory (protected)"
-    for rule in protected:
-        folded_rule = rule.casefold()
-        if is_glob(rule):
-            hit = fnmatch.fnmatchcase(folded, folded_rule)
-        elif folded_rule.endswith("/"):
-            hit = folded.startswith(folded_rule) or folded == folded_rule[:-1]
-        else:
-            hit = folded == folded_rule or folded.startswith(f"{folded_rule}/")
-        if hit:
-            return f"is a protected path (rule {rule!r})"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True)
+class ProtectedHit:
+    """Why a path is protected: its category, the rule that matched and the risk of writing it."""
+
+    category: str  # "vcs", "run_state", "secret", "database" or "configured"
+    rule: str
+    risk: Risk
+
+    @property
+    def approvable(self) -> bool:
+        """VCS internals are never writable: a planted hook or config would outlive any approval."""
+        return self.category != "vcs"
+
+    def reason(self) -> str:
+        if self.category == "vcs":
+            return "is inside a VCS directory (protected, never writable)"
+        return f"is a protected path ({self.category.replace('_', ' ')}, rule {self.rule!r})"
+
+
+def builtin_protection(path: str) -> ProtectedHit | None:
+    """The default protection of ``path`` (VCS internals, run state, env/secret files, databases)."""
+    parts = path.casefold().split("/")
+    vcs = VCS_DIRECTORIES.intersection(parts)
+    if vcs:
+        return ProtectedHit("vcs", f"{sorted(vcs)[0]}/", Risk.CRITICAL)
+    if parts[0] in RUN_STATE_DIRECTORIES:
+        return ProtectedHit("run_state", f"{parts[0]}/", Risk.MEDIUM)
+    name = parts[-1]
+    suffix = PurePosixPath(name).suffix
+    if name == ".env" or (name.startswith(".env.") and not name.endswith(ENV_TEMPLATE_SUFFIXES)):
+        return ProtectedHit("secret", ".env*", Risk.HIGH)
+    if suffix in SECRET_SUFFIXES or name in SECRET_NAMES:
+        return ProtectedHit("secret", f"*{suffix}" if suffix in SECRET_SUFFIXES else name, Risk.HIGH)
+    if suffix in DATABASE_SUFFIXES:
+        return ProtectedHit("database", f"*{suffix}", Risk.HIGH)
     return None
+
+
+def rule_matches(path: str, rule: str) -> bool:
+    """True when a protected or allowed rule (file, "dir/" prefix or glob) covers ``path``; case-blind."""
+    folded, folded_rule = path.casefold(), rule.casefold()
+    if is_glob(rule):
+        return fnmatch.fnmatchcase(folded, folded_rule)
+    if folded_rule.endswith("/"):
+        return folded.startswith(folded_rule) or folded == folded_rule[:-1]
+    return folded == folded_rule or folded.startswith(f"{folded_rule}/")
+
+
+@dataclass(frozen=True)
+class ProtectionPolicy:
+    """Protected defaults plus configured rules, minus explicitly allowed subtrees.
+
+    An allowed entry beats every protection but VCS internals: ``.autopack/reports/`` can be
+    opened for writing while the rest of ``.autopack/`` stays protected.
+    """
+
+    configured: tuple[str, ...] = ()
+    allowed: tuple[str, ...] = ()
+
+    @classmethod
+    def from_rules(cls, protected: Iterable[str] = (), allowed: Iterable[str] = ()) -> ProtectionPolicy:
+        """Normalised rules; ValueError on a malformed one (stops the service at start-up)."""
+        configured = tuple(rule for rule in normalize_protected(protected) if rule not in BUILTIN_PROTECTED)
+        return cls(configured, normalize_allowed(allowed))
+
+    def hit(self, path: str) -> ProtectedHit | None:
+        """Why ``path`` (normalised, a file) is protected, or None when it may be written."""
+        builtin = builtin_protection(path)
+        if builtin is not None and not builtin.approvable:
+            return builtin
+        if any(rule_matches(path, rule) for rule in self.allowed):
+            return None
+        if builtin is not None:
+            return builtin
+        for rule in self.configured:
+            if rule_matches(path, rule):
+                return ProtectedHit("configured", rule, Risk.HIGH)
+        return None
+
+
+def normalize_allowed(rules: Iterable[str]) -> tuple[str, ...]:
+    """Allowed-subtree rules in canonical form; VCS directories can never be allowed."""
+    normalized = [rule for rule in normalize_protected(rules) if rule not in BUILTIN_PROTECTED]
+    for rule in normalized:
+        if VCS_DIRECTORIES.intersection(rule.casefold().rstrip("/").split("/")):
+            raise ValueError(f"allowed path {rule!r} is inside a VCS directory, which is never writable")
+    return tuple(normalized)
+
+
+def protected_reason(path: str, protected: Sequence[str]) -> str | None:
+    """Why ``path`` (normalised, a file) may not be written under ``protected`` rules, or None."""
+    hit = ProtectionPolicy(tuple(protected)).hit(path)
+    return hit.reason() if hit is not None else None
 
 
 def matches_rule(path: str, rule: str) -> bool:

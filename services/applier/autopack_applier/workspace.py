@@ -14,6 +14,7 @@ import codecs
 import enum
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autopack_common.database import utcnow
+from autopack_common.deliverables import sanitize_deliverables
 from autopack_common.errors import (
     DomainError,
     FailedPrecondition,
@@ -36,16 +38,37 @@ from autopack_common.errors import (
     Unavailable,
 )
 
-from autopack_applier.gitrepo import BRANCH, Git, GitError
+from autopack_applier.deliverables import DeliverablesReport, check_deliverables, derived_scope
+from autopack_applier.edits import DiffApplier, Edit, EditRejected, normalize_diff, resolve_edits
+from autopack_applier.gitrepo import BRANCH, DiffNotApplied, Git, GitError, apply_unified_diff
+from autopack_applier.governance import (
+    DeletionThresholds,
+    DeletionTier,
+    GovernanceBlocked,
+    GovernanceDecision,
+    RequestFingerprint,
+    assess,
+)
 from autopack_applier.paths import (
     BUILTIN_PROTECTED,
     PathRejected,
+    ProtectedHit,
+    ProtectionPolicy,
     ScopeRules,
     normalize_path,
-    normalize_protected,
-    protected_reason,
 )
-from autopack_applier.store import ACCEPTED, REJECTED, ApplierStore, ApplyLogEntry, WorkspaceRecord
+from autopack_applier.store import (
+    ACCEPTED,
+    APPROVAL_APPROVED,
+    APPROVAL_DENIED,
+    REJECTED,
+    ApplierStore,
+    ApplyLogEntry,
+    ApprovalRecord,
+    WorkspaceRecord,
+    new_request_id,
+)
+from autopack_applier.validation import new_problems
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +81,21 @@ COPY_SKIP = frozenset(
     {".git", ".venv", "__pycache__", ".autopack", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 )
 _BINARY_SNIFF_BYTES = 8192
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+DEFAULT_SAVEPOINT_RETENTION = 3
+DEFAULT_THRESHOLDS = DeletionThresholds()
+DELETION_TAG_PREFIX = "autopack/save-before-deletion/"
+# Directories a walk for protected untracked files skips: VCS data and tool caches.
+_WALK_SKIP = frozenset(
+    {".git", "node_modules", ".venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+)
+
+
+def _ref_safe(text: str) -> str:
+    """``text`` as one git ref component."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "x"
+
+
 _MAX_VIOLATIONS_SHOWN = 10
 
 
@@ -67,6 +105,7 @@ class Mode(enum.Enum):
     CREATE = "create"
     MODIFY = "modify"
     DELETE = "delete"
+    EDIT = "edit"
 
 
 @dataclass(frozen=True)
@@ -76,6 +115,8 @@ class FileOperation:
     path: str
     mode: Mode | None
     new_content: str = ""
+    edits: tuple[Edit, ...] = ()
+    base_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,6 +148,10 @@ class ApplyResult:
     changed_paths: tuple[str, ...]
     lines_added: int
     lines_removed: int
+    net_deleted: int = 0
+    deletion_tag: str = ""
+    notices: tuple[str, ...] = ()
+    approval_request_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -127,12 +172,24 @@ class PlannedOperation:
     content: bytes
     original: bytes | None  # None when the file did not exist; a link's target for a symlink
     symlink: bool = False  # the path was a symlink (only kept for DELETE)
+    protected: ProtectedHit | None = None  # an approvable protection this write needs approval for
 
     @property
     def changes(self) -> bool:
         if self.mode is Mode.DELETE:
             return True
         return self.original != self.content
+
+    @property
+    def net_deleted_lines(self) -> int:
+        """Lines this operation removes minus lines it adds (a deleted link counts 0)."""
+        before = 0 if self.original is None or self.symlink else _line_count(self.original)
+        after = 0 if self.mode is Mode.DELETE else _line_count(self.content)
+        return before - after
+
+
+def _line_count(data: bytes) -> int:
+    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
 
 
 def validate_run_id(run_id: str) -> str:
@@ -164,19 +221,42 @@ def is_inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
+class _Violations:
+    """Refusals collected over a whole request: malformed ones first, then stale ones."""
+
+    def __init__(self) -> None:
+        self.invalid: list[tuple[str, str]] = []
+        self.stale: list[tuple[str, str]] = []
+
+    def add(self, field: str, problem: str, *, stale: bool = False) -> None:
+        (self.stale if stale else self.invalid).append((field, problem))
+
+    def raise_any(self) -> None:
+        if self.invalid:
+            raise _combined(self.invalid)
+        if self.stale:
+            error = _combined(self.stale)
+            raise FailedPrecondition(error.message)
+
+
 def plan_operations(
     workspace: Path,
     operations: Sequence[FileOperation],
     scope: ScopeRules,
-    protected: Sequence[str] = BUILTIN_PROTECTED,
+    protected: ProtectionPolicy | Sequence[str] = BUILTIN_PROTECTED,
+    apply_diff: DiffApplier | None = None,
 ) -> list[PlannedOperation]:
-    """Validate every operation against every rule without writing anything.
+    """Validate every operation against every rule and compute its content; write nothing.
 
-    ``workspace`` must be symlink-free (``Path.resolve()``d). All violations are collected
-    and raised as one InvalidArgument naming the first offending field, so a Builder can
-    fix them in one retry.
+    ``workspace`` must be symlink-free (``Path.resolve()``d). Malformed operations are
+    collected and raised as one InvalidArgument naming the first offending field, so a
+    Builder can fix them in one retry; edits written against another version of a file
+    (``base_sha256``, search text, a diff that no longer applies) are a FailedPrecondition.
+    Writes to approvable protected paths are planned with ``protected`` set: governance
+    decides on them afterwards.
     """
-    violations: list[tuple[str, str]] = []
+    policy = protected if isinstance(protected, ProtectionPolicy) else ProtectionPolicy(tuple(protected))
+    violations = _Violations()
     planned: list[PlannedOperation] = []
     owners: dict[str, int] = {}
     for index, operation in enumerate(operations):
@@ -184,80 +264,179 @@ def plan_operations(
         try:
             path = normalize_path(operation.path)
         except PathRejected as error:
-            violations.append((field, f"{operation.path!r} {error}"))
+            violations.add(field, f"{operation.path!r} {error}")
             continue
-        if operation.mode is None:
-            violations.append(
-                (
-                    f"operations[{index}].mode",
-                    "is required: FILE_MODE_CREATE, FILE_MODE_MODIFY or FILE_MODE_DELETE",
-                )
-            )
+        problem = _form_problem(index, operation)
+        if problem is not None:
+            violations.add(*problem)
             continue
-        if operation.mode is Mode.DELETE and operation.new_content:
-            violations.append((f"operations[{index}].new_content", "must be empty for FILE_MODE_DELETE"))
-            continue
+        assert operation.mode is not None
         try:
             content = operation.new_content.encode("utf-8")
         except UnicodeEncodeError:
-            violations.append((f"operations[{index}].new_content", "is not valid UTF-8 text"))
+            violations.add(f"operations[{index}].new_content", "is not valid UTF-8 text")
             continue
-        reason = protected_reason(path, protected) or scope.write_rejection(path)
+        hit = policy.hit(path)
+        reason = (hit.reason() if hit is not None and not hit.approvable else None) or scope.write_rejection(
+            path
+        )
         if reason:
-            violations.append((field, f"{path!r} {reason}"))
+            violations.add(field, f"{path!r} {reason}")
             continue
         try:
             target = _effective_target(workspace, path, operation.mode)
         except PathRejected as error:
-            violations.append((field, f"{path!r} {error}"))
+            violations.add(field, f"{path!r} {error}")
             continue
         relative = target.relative_to(workspace).as_posix()
         if relative != path:
-            reason = protected_reason(relative, protected) or scope.write_rejection(relative)
+            hit = policy.hit(relative) or hit
+            reason = (
+                hit.reason() if hit is not None and not hit.approvable else None
+            ) or scope.write_rejection(relative)
             if reason:
-                violations.append(
-                    (field, f"{path!r} resolves through a symlink to {relative!r}, which {reason}")
-                )
+                violations.add(field, f"{path!r} resolves through a symlink to {relative!r}, which {reason}")
                 continue
         if relative in owners:
-            violations.append((field, f"{path!r} is also changed by operations[{owners[relative]}]"))
+            violations.add(field, f"{path!r} is also changed by operations[{owners[relative]}]")
             continue
         owners[relative] = index
         try:
             original, symlink = _existing_content(target, operation.mode)
         except PathRejected as error:
-            violations.append((field, f"{path!r} {error}"))
+            violations.add(field, f"{path!r} {error}")
             continue
         if operation.mode is Mode.CREATE and original is not None and original != content:
-            violations.append(
-                (field, f"{path!r} already exists with different content; use FILE_MODE_MODIFY")
-            )
+            violations.add(field, f"{path!r} already exists with different content; use FILE_MODE_MODIFY")
             continue
         if operation.mode is not Mode.CREATE and original is None:
-            action = "modify" if operation.mode is Mode.MODIFY else "delete"
-            violations.append(
-                (field, f"{path!r} does not exist, nothing to {action}; use FILE_MODE_CREATE to add it")
+            action = operation.mode.value
+            violations.add(
+                field, f"{path!r} does not exist, nothing to {action}; use FILE_MODE_CREATE to add it"
             )
             continue
+        if operation.mode is not Mode.DELETE:
+            resolved = _final_content(
+                index, operation, path, relative, content, original, apply_diff, violations
+            )
+            if resolved is None:
+                continue
+            content = resolved
+        elif not _fresh(index, operation, path, original, symlink, violations):
+            continue
+        approvable = hit if hit is not None and hit.approvable else None
         planned.append(
-            PlannedOperation(index, path, target, relative, operation.mode, content, original, symlink)
+            PlannedOperation(
+                index, path, target, relative, operation.mode, content, original, symlink, approvable
+            )
         )
     for relative, index in owners.items():
         parts = relative.split("/")
         for depth in range(1, len(parts)):
             ancestor = "/".join(parts[:depth])
             if ancestor in owners:
-                violations.append(
-                    (
-                        f"operations[{index}].path",
-                        f"{relative!r} lies under {ancestor!r}, which operations[{owners[ancestor]}] "
-                        "treats as a file",
-                    )
+                violations.add(
+                    f"operations[{index}].path",
+                    f"{relative!r} lies under {ancestor!r}, which operations[{owners[ancestor]}] treats as a file",
                 )
                 break
-    if violations:
-        raise _combined(violations)
+    violations.raise_any()
     return planned
+
+
+def _fresh(
+    index: int,
+    operation: FileOperation,
+    path: str,
+    original: bytes | None,
+    symlink: bool,
+    violations: _Violations,
+) -> bool:
+    """False (with a stale violation) when ``base_sha256`` names other bytes than the file's."""
+    if not operation.base_sha256 or original is None or symlink:
+        return True
+    current = hashlib.sha256(original).hexdigest()
+    if current == operation.base_sha256.lower():
+        return True
+    violations.add(
+        f"operations[{index}].base_sha256",
+        f"{path!r} is stale: the edits were written against {operation.base_sha256[:12]}, "
+        f"the workspace file is {current[:12]} (read it again)",
+        stale=True,
+    )
+    return False
+
+
+def _final_content(
+    index: int,
+    operation: FileOperation,
+    path: str,
+    relative: str,
+    content: bytes,
+    original: bytes | None,
+    apply_diff: DiffApplier | None,
+    violations: _Violations,
+) -> bytes | None:
+    """The bytes a CREATE/MODIFY/EDIT leaves, edits resolved and validated; None when refused."""
+    if not _fresh(index, operation, path, original, False, violations):
+        return None
+    original_text: str | None = None
+    if original is not None:
+        try:
+            original_text = original.decode("utf-8")
+        except UnicodeDecodeError:
+            if operation.mode is Mode.EDIT:
+                violations.add(
+                    f"operations[{index}].path",
+                    f"{path!r} is not UTF-8 text, so it cannot be edited; send it whole",
+                )
+                return None
+    if operation.mode is Mode.EDIT:
+        assert original_text is not None  # EDIT of a missing file was refused before
+        try:
+            text = resolve_edits(path, original_text, operation.edits, apply_diff or _no_diffs)
+        except EditRejected as error:
+            violations.add(
+                f"operations[{index}].edits[{error.index}]", f"{path!r}: {error.problem}", stale=error.stale
+            )
+            return None
+        content = text.encode("utf-8")
+    if content != original:
+        problems = new_problems(relative, content.decode("utf-8"), original_text)
+        if problems:
+            content_field = "edits" if operation.mode is Mode.EDIT else "new_content"
+            violations.add(
+                f"operations[{index}].{content_field}",
+                "refused by validation: " + "; ".join(problem.describe(relative) for problem in problems),
+            )
+            return None
+    return content
+
+
+def _form_problem(index: int, operation: FileOperation) -> tuple[str, str] | None:
+    """What is wrong with an operation's mode and fields whatever the workspace holds, or None."""
+    prefix = f"operations[{index}]"
+    if operation.mode is None:
+        return (
+            f"{prefix}.mode",
+            "is required: FILE_MODE_CREATE, FILE_MODE_MODIFY, FILE_MODE_DELETE or FILE_MODE_EDIT",
+        )
+    if operation.mode is Mode.DELETE and operation.new_content:
+        return f"{prefix}.new_content", "must be empty for FILE_MODE_DELETE"
+    if operation.mode is Mode.EDIT:
+        if operation.new_content:
+            return f"{prefix}.new_content", "must be empty for FILE_MODE_EDIT (the edits say what changes)"
+        if not operation.edits:
+            return f"{prefix}.edits", "FILE_MODE_EDIT needs at least one edit"
+    elif operation.edits:
+        return f"{prefix}.edits", "apply only to FILE_MODE_EDIT"
+    if operation.base_sha256 and not _SHA256.fullmatch(operation.base_sha256):
+        return f"{prefix}.base_sha256", "must be 64 hexadecimal digits (SHA-256 of the file's bytes)"
+    return None
+
+
+def _no_diffs(path: str, text: str, diff: str) -> str:
+    raise EditRejected(0, "unified diffs are not available here")
 
 
 def _combined(violations: list[tuple[str, str]]) -> InvalidArgument:
@@ -381,16 +560,27 @@ class WorkspaceManager:
         store: ApplierStore,
         *,
         protected: Sequence[str] = BUILTIN_PROTECTED,
+        allowed_paths: Sequence[str] = (),
         source_roots: Sequence[Path] = (),
         lock_timeout_seconds: float = 60.0,
         max_read_files: int = 5000,
+        deletion_thresholds: DeletionThresholds = DEFAULT_THRESHOLDS,
+        savepoint_retention: int = DEFAULT_SAVEPOINT_RETENTION,
     ) -> None:
+        if savepoint_retention < 2:
+            raise ValueError(
+                "savepoint retention must keep at least 2 (the last savepoint and the one before it)"
+            )
         self.root = root.expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self._locks = self.root / ".locks"
         self._locks.mkdir(exist_ok=True)
+        self.scratch = self.root / ".scratch"
+        self.scratch.mkdir(exist_ok=True)
         self.store = store
-        self.protected = normalize_protected(protected)
+        self.policy = ProtectionPolicy.from_rules(protected, allowed_paths)
+        self.thresholds = deletion_thresholds
+        self.retention = savepoint_retention
         self.source_roots = tuple(Path(allowed).expanduser().resolve() for allowed in source_roots)
         self.lock_timeout = lock_timeout_seconds
         self.max_read_files = max_read_files
@@ -426,6 +616,11 @@ class WorkspaceManager:
         record = self.store.get_workspace(validate_run_id(run_id))
         if record is None:
             raise NotFound(f"run_id: run {run_id!r} has no workspace; call PrepareWorkspace first")
+        if record.removed_at is not None:
+            raise FailedPrecondition(
+                f"run_id: the workspace of run {run_id!r} was cleaned up at {record.removed_at.isoformat()}; "
+                "use a new run id"
+            )
         if not Path(record.path, ".git").is_dir():
             raise FailedPrecondition(
                 f"run_id: the workspace of run {run_id!r} is missing at {record.path} (lost volume or "
@@ -622,8 +817,9 @@ class WorkspaceManager:
         operations: Sequence[FileOperation],
         attempt: int = 0,
         deadline: float | None = None,
+        deliverables: Sequence[str] = (),
     ) -> ApplyResult:
-        """Validate all operations, write them and commit a savepoint; all or nothing.
+        """Validate all operations, pass governance, write them and commit a savepoint; all or nothing.
 
         The savepoint records the whole work tree, so a file a check changed since the last
         savepoint is part of it too (tool caches are excluded); ``changed_paths`` and the line
@@ -641,21 +837,55 @@ class WorkspaceManager:
             def reject(reason: str) -> None:
                 self._log_rejection(run_id, phase_id, attempt, previous, reason)
 
+            notices: list[str] = []
             try:
+                sanitized = sanitize_deliverables(deliverables)
                 scope = ScopeRules.parse(scope_paths, read_only_context)
-                planned = plan_operations(workspace, operations, scope, self.protected)
-            except InvalidArgument as error:
+                if not scope.writable and sanitized.paths:
+                    scope = ScopeRules(derived_scope(sanitized.paths), scope.read_only)
+                    notices.append(
+                        "scope.paths is empty: the write scope is the deliverables' directories ("
+                        + ", ".join(scope.writable[:10])
+                        + ")"
+                    )
+                planned = plan_operations(
+                    workspace, operations, scope, self.policy, self._diff_applier(workspace)
+                )
+                decision = assess(
+                    [
+                        (op.relative, op.protected.risk, op.protected.reason())
+                        for op in planned
+                        if op.protected and op.changes  # a no-op retry needs no approval
+                    ],
+                    [(op.relative, op.net_deleted_lines) for op in planned],
+                    sum(op.net_deleted_lines for op in planned),
+                    self.thresholds,
+                )
+                fingerprint = RequestFingerprint(run_id, scope.writable, sanitized.paths, tuple(operations))
+                approval = self._governance_gate(run_id, phase_id, fingerprint.digest(), decision)
+            except (InvalidArgument, FailedPrecondition) as error:
                 reject(error.message)
                 raise
+            if approval is not None:
+                notices.append(f"approved by {approval.decided_by} (approval request {approval.request_id})")
+            tag = ""
             try:
+                if decision.tier is not DeletionTier.NONE:
+                    tag = self._tag_before_deletion(git, run_id, phase_id, attempt, previous)
+                    if decision.tier is not DeletionTier.SAVEPOINT:
+                        notices.append(
+                            f"deletes {decision.net_deleted} net lines (notify tier from "
+                            f"{self.thresholds.notify}); the previous state is tagged {tag}"
+                        )
                 write_operations(planned)
                 savepoint = git.commit_all(
                     f"autopack: {run_id}/{phase_id} attempt {attempt}",
                     force_paths=[op.relative for op in planned if op.mode is not Mode.DELETE],
+                    leave_out=self._is_protected,
                 )
                 stat = git.numstat(previous, savepoint)
             except (OSError, GitError) as error:
-                self._restore_after_failure(git, previous, planned)
+                self._restore_after_failure(git, previous, planned, tag)
                 reason = f"writing failed, workspace restored to {previous}: {_describe(error)}"
                 reject(reason)
                 if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -667,17 +897,112 @@ class WorkspaceManager:
                 )
             except Exception as error:
                 # An unrecorded savepoint could never be rolled back to: undo the apply.
-                self._restore_after_failure(git, previous, planned)
+                self._restore_after_failure(git, previous, planned, tag)
                 raise Unavailable(
                     f"could not record the apply (undone, retry): {type(error).__name__}"
                 ) from error
-        return ApplyResult(savepoint, previous, stat.paths, stat.lines_added, stat.lines_removed)
+            if approval is not None:
+                self.store.consume_approval(approval.request_id, savepoint)
+            self._retain(git, run_id)
+        return ApplyResult(
+            savepoint,
+            previous,
+            stat.paths,
+            stat.lines_added,
+            stat.lines_removed,
+            net_deleted=decision.net_deleted,
+            deletion_tag=tag,
+            notices=tuple(notices),
+            approval_request_id=approval.request_id if approval is not None else "",
+        )
 
-    def _restore_after_failure(self, git: Git, previous: str, planned: Sequence[PlannedOperation]) -> None:
+    def _governance_gate(
+        self, run_id: str, phase_id: str, fingerprint: str, decision: GovernanceDecision
+    ) -> ApprovalRecord | None:
+        """The approval that lets a blocked apply through, or GovernanceBlocked.
+
+        A pending or denied request for the same change is reported again rather than
+        duplicated; a new change gets a new request.
+        """
+        if not decision.blocked:
+            return None
+        existing = self.store.latest_approval(run_id, fingerprint)
+        if existing is not None and existing.status == APPROVAL_APPROVED:
+            return existing
+        if existing is not None:
+            raise GovernanceBlocked(decision, existing.request_id, existing.status)
+        record = self.store.add_approval(
+            ApprovalRecord(
+                request_id=new_request_id(),
+                run_id=run_id,
+                phase_id=phase_id,
+                fingerprint=fingerprint,
+                reason=decision.reason,
+                risk_level=decision.risk.value,
+                paths=tuple(dict.fromkeys(violation.path for violation in decision.violations)),
+                details=tuple(
+                    f"{violation.path} {violation.description}" for violation in decision.violations
+                ),
+            )
+        )
+        log.info(
+            "apply of run %s phase %s needs approval %s (%s)",
+            run_id,
+            phase_id,
+            record.request_id,
+            record.reason,
+        )
+        raise GovernanceBlocked(decision, record.request_id)
+
+    def _diff_applier(self, workspace: Path) -> DiffApplier:
+        """Applies a unified diff in scratch space, reading 3-way bases from the workspace's objects."""
+        objects = workspace / ".git" / "objects"
+
+        def apply_diff(path: str, text: str, diff: str) -> str:
+            patch = normalize_diff(path, diff)
+            try:
+                return apply_unified_diff(self.scratch, objects, path, text, patch)
+            except DiffNotApplied as error:
+                raise EditRejected(
+                    0, f"unified_diff does not apply: {error.reason}", stale=not error.malformed
+                ) from None
+            except UnicodeDecodeError:
+                raise EditRejected(0, "unified_diff leaves the file as non-UTF-8 bytes") from None
+
+        return apply_diff
+
+    def _tag_before_deletion(self, git: Git, run_id: str, phase_id: str, attempt: int, commit: str) -> str:
+        """Tag ``commit`` before a large deletion (the seeds' "save-before-deletion" save point)."""
+        stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
+        name = f"{DELETION_TAG_PREFIX}{_ref_safe(run_id)}/{stamp}-{_ref_safe(phase_id)[:60]}-a{attempt}"
+        git.run("tag", name, commit)
+        return name
+
+    def _retain(self, git: Git, run_id: str) -> None:
+        """Keep the newest ``retention`` savepoints (and deletion tags) of the run, drop the rest."""
         try:
-            git.restore(previous)
+            pruned = self.store.prune_savepoints(run_id, self.retention)
+            tags = git.text("tag", "--list", f"{DELETION_TAG_PREFIX}{_ref_safe(run_id)}/*").split()
+            for tag in sorted(tags, reverse=True)[self.retention :]:
+                git.run("tag", "-d", tag)
+        except Exception:
+            log.exception("savepoint retention failed for run %s (the apply itself succeeded)", run_id)
+            return
+        if pruned:
+            log.info("run %s: %d savepoint(s) pruned by retention", run_id, len(pruned))
+
+    def _restore_after_failure(
+        self, git: Git, previous: str, planned: Sequence[PlannedOperation], tag: str = ""
+    ) -> None:
+        try:
+            git.restore(previous, keep=self._is_protected)
         finally:
             _undo_writes(planned)
+            if tag:
+                git.run("tag", "-d", tag, check=False)
+
+    def _is_protected(self, path: str) -> bool:
+        return self.policy.hit(path) is not None
 
     def _log_rejection(self, run_id: str, phase_id: str, attempt: int, previous: str, reason: str) -> None:
         log.info("rejected apply of run %s phase %s attempt %d: %s", run_id, phase_id, attempt, reason)
@@ -687,6 +1012,88 @@ class WorkspaceManager:
             )
         except Exception:
             log.exception("could not record a rejected apply of run %s", run_id)
+
+    # -- Approvals ------------------------------------------------------------------------
+
+    def approve(self, request_id: str, decided_by: str, note: str = "", deny: bool = False) -> ApprovalRecord:
+        """Approve (or deny) a pending request; the same change then passes governance once."""
+        if not request_id:
+            raise InvalidArgument("request_id", "is required")
+        if not decided_by.strip():
+            raise InvalidArgument("decided_by", "is required (who takes the decision is recorded)")
+        if len(decided_by) > 200:
+            raise InvalidArgument("decided_by", "must be at most 200 characters")
+        record = self.store.get_approval(request_id)
+        if record is None:
+            raise NotFound(f"request_id: no approval request {request_id!r}")
+        status = APPROVAL_DENIED if deny else APPROVAL_APPROVED
+        if not self.store.decide_approval(request_id, status, decided_by.strip(), note or None):
+            current = self.store.get_approval(request_id)
+            raise FailedPrecondition(
+                f"request_id: approval request {request_id!r} is {current.status if current else 'gone'}, not pending"
+            )
+        decided = self.store.get_approval(request_id)
+        assert decided is not None
+        log.info("approval request %s %s by %s", request_id, status, decided_by)
+        return decided
+
+    def approvals(self, run_id: str, pending_only: bool = False) -> list[ApprovalRecord]:
+        """The run's approval requests, newest first (also after its workspace was cleaned up)."""
+        if self.store.get_workspace(validate_run_id(run_id)) is None:
+            raise NotFound(f"run_id: run {run_id!r} has no workspace")
+        return self.store.list_approvals(run_id, pending_only)
+
+    # -- Deliverables ---------------------------------------------------------------------
+
+    def check_deliverables(self, run_id: str, entries: Sequence[str]) -> DeliverablesReport:
+        """The deliverables against the workspace as it is now (cumulative across attempts)."""
+        workspace = Path(self.record(run_id).path).resolve()
+        files = Git(workspace).list_files()
+
+        def read_bytes(path: str) -> bytes | None:
+            real = Path(os.path.realpath(workspace / path))
+            if not is_inside(real, workspace) or not real.is_file():
+                return None
+            try:
+                return real.read_bytes()
+            except OSError:
+                return None
+
+        return check_deliverables(entries, files, read_bytes)
+
+    # -- Cleanup --------------------------------------------------------------------------
+
+    def cleanup(self, run_id: str, deadline: float | None = None) -> tuple[Path, int]:
+        """Remove a finished run's workspace; refused while it holds protected untracked files."""
+        workspace = Path(self.record(run_id).path).resolve()
+        with self.locked(run_id, deadline):
+            kept = self.protected_untracked(workspace)
+            if kept:
+                shown = ", ".join(kept[:10]) + (f" and {len(kept) - 10} more" if len(kept) > 10 else "")
+                raise FailedPrecondition(
+                    f"run_id: the workspace of run {run_id!r} holds protected untracked files ({shown}); "
+                    "move them out first, nothing was removed"
+                )
+            shutil.rmtree(workspace)
+            removed = self.store.mark_removed(run_id)
+        with suppress(OSError):
+            os.unlink(self._locks / f"{run_id}.lock")
+        log.info("cleaned up the workspace of run %s (%d savepoints)", run_id, removed)
+        return workspace, removed
+
+    def protected_untracked(self, workspace: Path) -> list[str]:
+        """Untracked files (ignored ones included) under protection: what a clean must never remove."""
+        tracked = set(
+            Git(workspace).run("ls-files", "-z").stdout.decode("utf-8", "surrogateescape").split("\0")
+        )
+        found: list[str] = []
+        for directory, subdirectories, names in os.walk(workspace):
+            subdirectories[:] = [name for name in subdirectories if name not in _WALK_SKIP]
+            for name in names:
+                relative = Path(directory, name).relative_to(workspace).as_posix()
+                if relative not in tracked and self.policy.hit(relative) is not None:
+                    found.append(relative)
+        return sorted(found)
 
     # -- Rollback ------------------------------------------------------------------------
 
@@ -704,10 +1111,15 @@ class WorkspaceManager:
             if len(matches) > 1:
                 raise InvalidArgument("savepoint", f"{savepoint!r} is ambiguous; give the full commit id")
             git = Git(workspace)
+            if not matches and self.store.is_pruned(run_id, wanted):
+                raise NotFound(
+                    f"savepoint: {savepoint!r} was pruned by savepoint retention (the last {self.retention} "
+                    f"of run {run_id!r} are kept)"
+                )
             if not matches or not git.is_commit_in_history(matches[0]):
                 raise NotFound(f"savepoint: {savepoint!r} is not a savepoint of run {run_id!r}")
             previous = git.head()
-            git.restore(matches[0])
+            git.restore(matches[0], keep=self._is_protected)
             head = git.head()
         log.info("rolled back run %s from %s to %s", run_id, previous, head)
         return RollbackResult(head=head, previous_head=previous)
