@@ -19,7 +19,9 @@ import pytest
 from autopack.builder.v1 import builder_pb2, builder_pb2_grpc
 from autopack.common.v1 import common_pb2
 from autopack_builder.builder import Builder
-from autopack_builder.providers import Provider
+from autopack_builder.calls import CallRunner
+from autopack_builder.providers import Provider, ProviderSet
+from autopack_builder.routing import RoutingTable, load_routing
 from autopack_builder.service import SERVICE_FULL_NAME, BuilderServicer
 from autopack_builder.store import LlmCallStore
 from autopack_common.database import create_db_engine, upgrade_schema
@@ -199,36 +201,60 @@ def tracer_provider(span_exporter: InMemorySpanExporter) -> TracerProvider:
 
 @dataclass
 class BuilderStack:
-    """A builder behind a real gRPC server on port 0, its store and a stub."""
+    """A builder behind a real gRPC server on port 0, its store, a stub and the backoffs it waited."""
 
     stub: builder_pb2_grpc.BuilderServiceStub
     store: LlmCallStore
     address: str
+    sleeps: list[float]
+    runner: CallRunner
 
 
 @pytest.fixture
 def start_builder(sqlite_url: str, tracer_provider: TracerProvider) -> Iterator[Callable[..., BuilderStack]]:
-    """Start builders (default model claude-sonnet-4-5) with a given provider; all stopped afterwards."""
+    """Start builders with given providers and the packaged routing table; all stopped afterwards.
+
+    Backoff waits are recorded in ``sleeps`` instead of slept: the tests check what the builder
+    would wait (retry-after honoured) without spending the time.
+    """
     cleanups: list[Callable[[], None]] = []
 
-    def start(provider: Provider, database_url: str = sqlite_url) -> BuilderStack:
+    def start(
+        *providers: Provider,
+        database_url: str = sqlite_url,
+        routing: RoutingTable | None = None,
+        default_model: str = "",
+        estimator: object | None = None,
+    ) -> BuilderStack:
         engine = create_db_engine(database_url)
         upgrade_schema(engine, "autopack_builder.migrations", "alembic_version_builder")
         store = LlmCallStore(engine)
-        builder = Builder(provider, store, "claude-sonnet-4-6", tracer=tracer_provider.get_tracer("test"))
+        sleeps: list[float] = []
+        runner = CallRunner(
+            ProviderSet({provider.name: provider for provider in providers}),
+            routing or load_routing(),
+            store,
+            tracer=tracer_provider.get_tracer("test"),
+            sleep=sleeps.append,
+        )
+        builder = Builder(runner, default_model=default_model, estimator=estimator)
         running = create_server(
             [
                 ServiceBinding(
                     SERVICE_FULL_NAME,
                     builder_pb2_grpc.add_BuilderServiceServicer_to_server,
-                    BuilderServicer(builder),
+                    BuilderServicer(builder, routing_source="test"),
                 )
             ],
             "127.0.0.1:0",
         )
         channel = grpc.insecure_channel(running.address)
-        cleanups.extend([engine.dispose, provider.close, lambda: running.stop(0), channel.close])
-        return BuilderStack(builder_pb2_grpc.BuilderServiceStub(channel), store, running.address)
+        cleanups.extend(
+            [engine.dispose, *(p.close for p in providers), lambda: running.stop(0), channel.close]
+        )
+        return BuilderStack(
+            builder_pb2_grpc.BuilderServiceStub(channel), store, running.address, sleeps, runner
+        )
 
     yield start
     for cleanup in reversed(cleanups):

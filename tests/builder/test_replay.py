@@ -80,7 +80,7 @@ def _request(phase_id: str, max_tokens: int = 4096, attempt: int = 1) -> ChatReq
 
 
 def test_missing_recording_is_failed_precondition_naming_the_phase(recordings: Path) -> None:
-    with pytest.raises(FailedPrecondition, match="no recorded response for phase 'p3'"):
+    with pytest.raises(FailedPrecondition, match="no recorded builder response for phase 'p3'"):
         ReplayProvider(recordings).chat(_request("p3"))
 
 

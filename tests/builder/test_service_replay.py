@@ -127,6 +127,8 @@ def test_empty_files_is_retried_once_then_fails_with_usage_in_the_status(
         "output_tokens": "82",
         "total_tokens": "3082",
         "actual_max_tokens": "8192",
+        "failed_requests": "0",
+        "call_ids": "1,2",
     }
     assert [c.call_index for c in stack.store.list_calls(phase_id="empty-phase")] == [1, 2]
 

@@ -64,6 +64,8 @@ class ChatRequest:
     phase_id: str = ""
     attempt: int = 1
     call: int = 1
+    # "builder", "doctor" or "auditor": lets the replay provider find the right recording.
+    role: str = "builder"
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,9 @@ class ChatResult:
     output_tokens: int | None
     total_tokens: int
     response_id: str = ""
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    reasoning_output_tokens: int | None = None
 
     @property
     def truncated(self) -> bool:
@@ -96,6 +101,18 @@ class LlmCallRecord:
     total_tokens: int
     stop_reason: str
     duration_ms: int
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    reasoning_output_tokens: int | None = None
+    # Price-table cost in USD; None when the model has no price.
+    cost_usd: float | None = None
+    # A request that got no answer (429, 529, 5xx, timeout): what went wrong; "" for an answer.
+    error: str = ""
+    # Row id in the builder's store (0 when no store is configured).
+    call_id: int = 0
+    role: str = "builder"
+    output_format: str = ""
+    parse_outcome: str = ""
 
 
 @dataclass(frozen=True)
