@@ -96,10 +96,17 @@ def test_max_tokens_truncation_salvages_complete_files(
 
     response = stack.stub.Build(build_request(max_tokens=2048), timeout=15)
 
+    # the same cut-off answer again: one continuation ("continue from" the cut file), then no
+    # progress, so the complete operation is returned with truncated=true for the orchestrator
     assert response.truncated and response.stop_reason == "max_tokens"
-    assert response.actual_max_tokens == 2048 and response.usage.output_tokens == 2048
     assert [op.path for op in response.operations] == [DELIVERABLE]
-    assert len(fake_anthropic.requests) == 1  # a cut-off answer is not retried at the same budget
+    assert response.continuations == 1
+    first, second = fake_anthropic.requests
+    assert first.body["max_tokens"] == 2048 and second.body["max_tokens"] == 3072  # local rule x1.5
+    continuation = second.body["messages"][0]["content"]
+    assert f"- {DELIVERABLE} (create)" in continuation and "do NOT emit them again" in continuation
+    assert "Continue from file examples/telemetry_utils/more.py" in continuation
+    assert "local rule (no estimator configured)" in (stack.store.list_calls()[1].note or "")
 
 
 def test_empty_files_is_retried_exactly_once_with_stronger_emphasis(
@@ -151,8 +158,15 @@ def test_unusable_output_fails_with_the_reason(
 
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "files[0].path" in caught.value.details() and '".."' in caught.value.details()
-    assert len(fake_anthropic.requests) == 1
-    assert len(stack.store.list_calls()) == 1  # the tokens were spent, so the call is accounted
+    assert "0 complete operation(s) salvaged" in caught.value.details()
+    # one re-ask in the fallback format (NDJSON), then the typed error
+    assert len(fake_anthropic.requests) == 2
+    assert "OUTPUT CONTRACT (NDJSON)" in fake_anthropic.requests[1].body["system"]
+    rows = stack.store.list_calls()  # the tokens were spent, so the calls are accounted
+    assert [(row.output_format, row.parse_outcome) for row in rows] == [
+        ("full_file_json", "invalid:invalid_operation"),
+        ("ndjson", "invalid:invalid_operation"),
+    ]
 
 
 @pytest.mark.parametrize(

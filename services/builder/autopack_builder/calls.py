@@ -241,6 +241,7 @@ class CallRunner:
                         error=cause.message,
                         role=call_log.role,
                         output_format=output_format,
+                        requested_model=request.model,
                     )
                     self._account(call_log, failed, transcript)
                 raise
@@ -267,6 +268,7 @@ class CallRunner:
             ),
             role=call_log.role,
             output_format=output_format,
+            requested_model=request.model,
         )
         record = self._account(call_log, record, replace(transcript, answer=result.text))
         log.info(

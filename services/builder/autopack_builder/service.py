@@ -19,7 +19,17 @@ from google.rpc import error_details_pb2, status_pb2
 from autopack_builder.builder import Builder
 from autopack_builder.calls import CallsFailed
 from autopack_builder.doctor import Doctor, DoctorTask, FailedAttemptInfo
-from autopack_builder.models import BuildResult, BuildTask, ContextFile, FileOp, LlmCallRecord
+from autopack_builder.formats import FORMATS
+from autopack_builder.models import (
+    BuildResult,
+    BuildTask,
+    ContextFile,
+    EditSpec,
+    FileOp,
+    LineEditSpec,
+    LlmCallRecord,
+    SearchReplaceSpec,
+)
 from autopack_builder.parsing import path_problem
 from autopack_builder.store import LlmCallStore, StoredCall, UsageRow
 from autopack_builder.usage import parse_period
@@ -32,6 +42,7 @@ _MODES = {
     "create": common_pb2.FILE_MODE_CREATE,
     "modify": common_pb2.FILE_MODE_MODIFY,
     "delete": common_pb2.FILE_MODE_DELETE,
+    "edit": common_pb2.FILE_MODE_EDIT,
 }
 
 
@@ -66,6 +77,13 @@ def task_from_request(request: builder_pb2.BuildRequest) -> BuildTask:
         problem = path_problem(context_file.path)
         if problem:
             raise InvalidArgument(f"context_files[{index}].path", f"{context_file.path!r} {problem}")
+    _check_paths("existing_paths", request.existing_paths, allow_directory=False)
+    if request.output_format.strip() and request.output_format.strip() not in FORMATS:
+        raise InvalidArgument(
+            "output_format", f"{request.output_format!r}: must be one of {', '.join(FORMATS)}"
+        )
+    if request.max_attempts < 0:
+        raise InvalidArgument("max_attempts", f"must be >= 0 (0 = unknown), got {request.max_attempts}")
     return BuildTask(
         run_id=request.run_id,
         phase_id=phase.phase_id,
@@ -87,6 +105,10 @@ def task_from_request(request: builder_pb2.BuildRequest) -> BuildTask:
         previous_failure=request.previous_failure,
         intention_context=request.intention_context,
         memory_notes=tuple(request.memory_notes),
+        validation_command=tuple(phase.validation_command),
+        output_format=request.output_format.strip(),
+        existing_paths=tuple(request.existing_paths),
+        max_attempts=request.max_attempts,
     )
 
 
@@ -187,14 +209,47 @@ def call_message(call: LlmCallRecord) -> builder_pb2.LlmCall:
     return message
 
 
-def _operation_message(op: FileOp) -> common_pb2.FileOperation:
-    return common_pb2.FileOperation(path=op.path, mode=_MODES[op.mode], new_content=op.new_content)
+_LINE_ACTIONS = {
+    "insert": common_pb2.LINE_EDIT_ACTION_INSERT,
+    "replace": common_pb2.LINE_EDIT_ACTION_REPLACE,
+    "delete": common_pb2.LINE_EDIT_ACTION_DELETE,
+    "append": common_pb2.LINE_EDIT_ACTION_APPEND,
+    "prepend": common_pb2.LINE_EDIT_ACTION_PREPEND,
+}
+
+
+def _edit_message(edit: EditSpec) -> common_pb2.Edit:
+    if isinstance(edit, LineEditSpec):
+        return common_pb2.Edit(
+            line=common_pb2.LineEdit(
+                action=_LINE_ACTIONS[edit.action],
+                start_line=edit.start_line,
+                end_line=edit.end_line,
+                content=edit.content,
+            )
+        )
+    if isinstance(edit, SearchReplaceSpec):
+        return common_pb2.Edit(
+            search_replace=common_pb2.SearchReplace(search=edit.search, replace=edit.replace)
+        )
+    return common_pb2.Edit(unified_diff=edit.diff)
+
+
+def operation_message(op: FileOp) -> common_pb2.FileOperation:
+    """common.v1 FileOperation: whole content, delete, or FILE_MODE_EDIT with edits and base_sha256."""
+    return common_pb2.FileOperation(
+        path=op.path,
+        mode=_MODES[op.mode],
+        new_content=op.new_content,
+        edits=[_edit_message(edit) for edit in op.edits],
+        base_sha256=op.base_sha256,
+    )
 
 
 def response_from_result(result: BuildResult) -> builder_pb2.BuildResponse:
     final = result.final_call
     return builder_pb2.BuildResponse(
-        operations=[_operation_message(op) for op in result.operations],
+        operations=[operation_message(op) for op in result.operations],
         usage=usage_message(result.calls),
         provider=final.provider,
         model=final.model,
@@ -203,6 +258,9 @@ def response_from_result(result: BuildResult) -> builder_pb2.BuildResponse:
         actual_max_tokens=final.max_tokens,
         calls=[call_message(call) for call in result.calls],
         summary=result.summary,
+        output_format=result.output_format,
+        continuations=result.continuations,
+        normalizations=list(result.normalizations),
     )
 
 

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from autopack_common.errors import InvalidArgument, Unavailable
+from autopack_common.truncation import is_truncating_stop_reason
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -229,6 +230,39 @@ class LlmCallStore:
         with self._engine.connect() as connection:
             rows = connection.execute(query).mappings().all()
         return [_stored(row) for row in rows]
+
+    def format_trouble(self, run_id: str, phase_id: str, attempt: int) -> str | None:
+        """The output format of the attempt's last builder answer when it was cut off or malformed."""
+        query = (
+            select(llm_calls.c.output_format, llm_calls.c.parse_outcome, llm_calls.c.stop_reason)
+            .where(
+                llm_calls.c.run_id == run_id,
+                llm_calls.c.phase_id == phase_id,
+                llm_calls.c.attempt == attempt,
+                llm_calls.c.role == "builder",
+                llm_calls.c.error.is_(None),
+            )
+            .order_by(llm_calls.c.id.desc())
+            .limit(1)
+        )
+        with self._engine.connect() as connection:
+            row = connection.execute(query).first()
+        if row is None or not row.output_format:
+            return None
+        troubled = (row.parse_outcome or "").startswith("invalid") or is_truncating_stop_reason(
+            row.stop_reason
+        )
+        return row.output_format if troubled else None
+
+    def has_note(self, run_id: str, phase_id: str, note: str) -> bool:
+        """Whether any request of the phase carries ``note`` (e.g. its one empty-files retry)."""
+        query = (
+            select(llm_calls.c.id)
+            .where(llm_calls.c.run_id == run_id, llm_calls.c.phase_id == phase_id, llm_calls.c.note == note)
+            .limit(1)
+        )
+        with self._engine.connect() as connection:
+            return connection.execute(query).first() is not None
 
     def get_call(self, call_id: int) -> StoredCall | None:
         """One request by id, or None."""
