@@ -98,6 +98,8 @@ class Builder:
             run_id=task.run_id, phase_id=task.phase_id, attempt=task.attempt, estimate_id=task.estimate_id
         )
         kept: dict[str, FileOp] = {}
+        # complete operations of answers that failed to parse, reported with the typed error
+        salvaged_from_failures: dict[str, FileOp] = {}
         notes: list[str] = []
         summary = ""
         budget = task.max_tokens
@@ -118,6 +120,7 @@ class Builder:
                 operations, changed = normalize_operations(parsed.operations, workspace)
             except OutputFormatError as error:
                 self._runner.set_outcome(call_log, record, f"invalid:{error.reason}", len(error.salvaged))
+                salvaged_from_failures.update((op.path, op) for op in error.salvaged)
                 if not fell_back:
                     fell_back = True
                     previous, format_name = format_name, FALLBACK[format_name]
@@ -126,7 +129,7 @@ class Builder:
                         "phase %s: %s answer unusable (%s); %s", task.phase_id, previous, error, request_note
                     )
                     continue
-                raise self._unusable(task, call_log, error, kept) from error
+                raise self._unusable(task, call_log, error, {**salvaged_from_failures, **kept}) from error
             self._runner.set_outcome(
                 call_log,
                 record,
@@ -223,7 +226,7 @@ class Builder:
     def _unusable(
         self, task: BuildTask, call_log: CallLog, error: OutputFormatError, kept: dict[str, FileOp]
     ) -> BuildFailed:
-        salvaged = [*kept.values(), *(op for op in error.salvaged if op.path not in kept)]
+        salvaged = list(kept.values())
         return BuildFailed(
             FailedPrecondition(
                 f"phase {task.phase_id}: unusable model output: {error.problem} "
