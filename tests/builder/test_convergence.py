@@ -231,11 +231,12 @@ GOOD_FIRST = json.dumps({"path": FILES[0][0], "mode": "create", "new_content": F
     ("forced", "answers", "reason", "salvaged"),
     [
         ("full_file_json", [PROSE, PROSE], "NO_JSON", 0),
+        # the wrapper is unclosed but its one file object is complete: salvaged and reported
         (
             "full_file_json",
             ['{"files": [{"path": "a.py", "mode": "create", "new_content": "x"}', PROSE],
             "NO_JSON",
-            0,
+            1,
         ),
         ("ndjson", [GOOD_FIRST + "\n{not json}\n", "<<<<<<< SEARCH\nx\n"], "INVALID_BLOCK", 1),
         ("search_replace", [f"{FILES[0][0]}\n<<<<<<< SEARCH\n\n=======\nA = 1\n", PROSE], "NO_JSON", 0),
