@@ -265,6 +265,7 @@ class CallRunner:
                 output_tokens=result.output_tokens,
                 cache_read=result.cache_read_input_tokens,
                 cache_write=result.cache_creation_input_tokens,
+                cache_in_input=result.provider == "openai",
             ),
             role=call_log.role,
             output_format=output_format,

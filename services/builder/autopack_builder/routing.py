@@ -134,11 +134,18 @@ class RoutingTable(BaseModel):
         output_tokens: int | None,
         cache_read: int | None = None,
         cache_write: int | None = None,
+        cache_in_input: bool = False,
     ) -> float | None:
-        """Cost of one call from the price table; None when the model or a needed price/count is unknown."""
+        """Cost of one call from the price table; None when the model or a needed price/count is unknown.
+
+        ``cache_in_input``: the provider counts cached tokens inside ``input_tokens`` (OpenAI);
+        Anthropic reports them apart. Either way each token is priced once, at its own rate.
+        """
         spec = self.models.get(model)
         if spec is None or input_tokens is None or output_tokens is None:
             return None
+        if cache_in_input:
+            input_tokens -= (cache_read or 0) + (cache_write or 0)
         price = spec.price
         parts = [(input_tokens, price.input), (output_tokens, price.output)]
         if cache_read:
