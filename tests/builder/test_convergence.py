@@ -161,7 +161,7 @@ def test_unreachable_estimator_falls_back_to_the_local_rule_and_says_so(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{sock.getsockname()[1]}"
-    budgets = EstimatorBudget(address)
+    budgets = EstimatorBudget(address, grpc.insecure_channel(address))  # no channel retries: fail fast
     fake_anthropic.respond_with(_twice_cut)
     stack = start_builder(AnthropicProvider(timeout_seconds=10), estimator=budgets)
 

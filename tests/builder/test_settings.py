@@ -76,3 +76,12 @@ def test_create_providers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     )
     assert live.names == ("anthropic", "openai")
     live.close()
+
+
+def test_estimator_address_follows_the_client_convention(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AUTOPACK_BUILDER_ESTIMATOR_ADDR", raising=False)
+    monkeypatch.setenv("AUTOPACK_ESTIMATOR_ADDR", "estimator:50052")
+    assert BuilderSettings().resolved_estimator_addr() == "estimator:50052"
+
+    monkeypatch.setenv("AUTOPACK_BUILDER_ESTIMATOR_ADDR", "none")
+    assert BuilderSettings().resolved_estimator_addr() == ""

@@ -13,6 +13,7 @@ from autopack_common.server import ServiceBinding
 
 from autopack_builder.builder import Builder
 from autopack_builder.calls import CallRunner
+from autopack_builder.escalation import EstimatorBudget
 from autopack_builder.providers import create_providers
 from autopack_builder.routing import DEFAULT_ROUTING_PATH, load_routing
 from autopack_builder.service import SERVICE_FULL_NAME, BuilderServicer
@@ -54,11 +55,19 @@ def main() -> None:
             backoff_seconds=settings.backoff_seconds,
             answer_retention=retention,
         )
-        servicer = BuilderServicer(Builder(runner, settings.model), routing_source=str(routing_path))
+        estimator_addr = settings.resolved_estimator_addr()
+        budgets = EstimatorBudget(estimator_addr) if estimator_addr else None
+        log.info(
+            "continuation budgets from %s",
+            f"the estimator at {estimator_addr}" if budgets else "the local rule (no estimator configured)",
+        )
+        builder = Builder(runner, default_model=settings.model, estimator=budgets)
+        servicer = BuilderServicer(builder, routing_source=str(routing_path))
         binding = ServiceBinding(
             SERVICE_FULL_NAME, builder_pb2_grpc.add_BuilderServiceServicer_to_server, servicer
         )
-        return [binding], [providers.close, engine.dispose]
+        closers = [providers.close, engine.dispose] + ([budgets.close] if budgets else [])
+        return [binding], closers
 
     run_service("builder", settings, build)
 

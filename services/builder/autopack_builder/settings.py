@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from autopack_common.settings import ServiceSettings
+from autopack_common.settings import ServiceSettings, service_address
 from pydantic import Field
 
 ProviderChoice = Literal["anthropic", "openai", "live", "replay", "auto"]
@@ -34,7 +34,8 @@ class BuilderSettings(ServiceSettings):
     stream: bool = Field(default=False, alias="AUTOPACK_BUILDER_STREAM")
     # Days raw answers are kept in the builder database; 0 = keep them forever.
     answer_retention_days: float = Field(default=30.0, ge=0, alias="AUTOPACK_BUILDER_ANSWER_RETENTION_DAYS")
-    # Estimator for continuation budgets (Escalate); "" = AUTOPACK_ESTIMATOR_ADDR when set, else none.
+    # Estimator for continuation budgets (Escalate); "" = AUTOPACK_ESTIMATOR_ADDR or its default
+    # port, as for every client; "none" = no estimator (the local rule).
     estimator_addr: str = Field(default="", alias="AUTOPACK_BUILDER_ESTIMATOR_ADDR")
 
     def resolved_providers(self) -> tuple[LiveProvider, ...]:
@@ -51,4 +52,7 @@ class BuilderSettings(ServiceSettings):
         return (self.provider,)
 
     def resolved_estimator_addr(self) -> str:
-        return self.estimator_addr or os.environ.get("AUTOPACK_ESTIMATOR_ADDR", "")
+        """The estimator's address, or "" when switched off with ``none``."""
+        if self.estimator_addr.strip().lower() == "none":
+            return ""
+        return self.estimator_addr or service_address("estimator")
