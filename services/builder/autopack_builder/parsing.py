@@ -88,13 +88,15 @@ def path_problem(path: object, *, allow_directory: bool = False) -> str | None:
     return None
 
 
-def _line_edit(where: str, item: object) -> LineEditSpec:
+def _line_edit(parent: str, index: int, item: object) -> LineEditSpec:
+    """One validated line edit; ``parent[index]`` names it in errors (formatted only then: hot path)."""
     if not isinstance(item, dict):
-        raise OutputFormatError("invalid_operation", f"{where}: must be an object")
+        raise OutputFormatError("invalid_operation", f"{parent}[{index}]: must be an object")
     action = item.get("action")
     if not isinstance(action, str) or action.strip().lower() not in LINE_ACTIONS:
         raise OutputFormatError(
-            "invalid_operation", f"{where}.action {action!r}: must be one of {', '.join(LINE_ACTIONS)}"
+            "invalid_operation",
+            f"{parent}[{index}].action {action!r}: must be one of {', '.join(LINE_ACTIONS)}",
         )
     action = action.strip().lower()
     start, end = item.get("start_line", 0), item.get("end_line", 0)
@@ -102,19 +104,25 @@ def _line_edit(where: str, item: object) -> LineEditSpec:
         if value is None:
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise OutputFormatError("invalid_operation", f"{where}.{name} {value!r}: must be an integer >= 1")
+            raise OutputFormatError(
+                "invalid_operation", f"{parent}[{index}].{name} {value!r}: must be an integer >= 1"
+            )
     start, end = start or 0, end or 0
     content = item.get("content", "")
     if not isinstance(content, str):
-        raise OutputFormatError("invalid_operation", f"{where}.content: must be a string")
+        raise OutputFormatError("invalid_operation", f"{parent}[{index}].content: must be a string")
     if action in ("insert", "replace", "delete") and start < 1:
-        raise OutputFormatError("invalid_operation", f"{where}.start_line: required (>= 1) for {action}")
+        raise OutputFormatError(
+            "invalid_operation", f"{parent}[{index}].start_line: required (>= 1) for {action}"
+        )
     if action in ("replace", "delete"):
         end = end or start
         if end < start:
-            raise OutputFormatError("invalid_operation", f"{where}.end_line {end}: before start_line {start}")
+            raise OutputFormatError(
+                "invalid_operation", f"{parent}[{index}].end_line {end}: before start_line {start}"
+            )
     if action in ("insert", "append", "prepend") and not content:
-        raise OutputFormatError("invalid_operation", f"{where}.content: required for {action}")
+        raise OutputFormatError("invalid_operation", f"{parent}[{index}].content: required for {action}")
     ranged = action in ("replace", "delete")
     return LineEditSpec(
         action=action,  # type: ignore[arg-type]
@@ -152,11 +160,10 @@ def _edits(where: str, items: object) -> tuple[EditSpec, ...]:
         raise OutputFormatError("invalid_operation", f"{where}: required non-empty array for edit")
     edits: list[EditSpec] = []
     for index, item in enumerate(items):
-        here = f"{where}[{index}]"
         if isinstance(item, dict) and "search" in item:
-            edits.append(_search_replace(here, item))
+            edits.append(_search_replace(f"{where}[{index}]", item))
         else:
-            edits.append(_line_edit(here, item))
+            edits.append(_line_edit(where, index, item))
     kinds = {type(edit) for edit in edits}
     if len(kinds) > 1:
         raise OutputFormatError(
