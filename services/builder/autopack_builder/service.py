@@ -7,7 +7,8 @@ metadata holds the calls' usage, read with ``grpc_status.rpc_status.from_call``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import grpc
 from autopack.builder.v1 import builder_pb2, builder_pb2_grpc
@@ -294,25 +295,7 @@ def failure_metadata(failure: CallsFailed) -> tuple[tuple[str, bytes], ...]:
 
 
 def stored_call_message(row: StoredCall) -> builder_pb2.GetCallResponse:
-    call = LlmCallRecord(
-        provider=row.provider,
-        model=row.model,
-        max_tokens=row.max_tokens,
-        input_tokens=row.input_tokens,
-        output_tokens=row.output_tokens,
-        total_tokens=row.total_tokens,
-        stop_reason=row.stop_reason,
-        duration_ms=row.duration_ms,
-        cache_read_input_tokens=row.cache_read_input_tokens,
-        cache_creation_input_tokens=row.cache_creation_input_tokens,
-        reasoning_output_tokens=row.reasoning_output_tokens,
-        cost_usd=row.cost_usd,
-        error=row.error or "",
-        call_id=row.id,
-        role=row.role,
-        output_format=row.output_format or "",
-        parse_outcome=row.parse_outcome or "",
-    )
+    call = row.as_record()
     return builder_pb2.GetCallResponse(
         call=call_message(call),
         run_id=row.run_id,
@@ -351,6 +334,16 @@ def usage_row_message(row: UsageRow) -> builder_pb2.UsageRow:
     return message
 
 
+@contextmanager
+def _usage_on_failure(context: grpc.ServicerContext) -> Iterator[None]:
+    """A failure after LLM calls: its status, with the calls' usage in the trailing ErrorInfo."""
+    try:
+        yield
+    except CallsFailed as failure:
+        context.set_trailing_metadata(failure_metadata(failure))
+        raise failure.cause from None
+
+
 class BuilderServicer(builder_pb2_grpc.BuilderServiceServicer):
     """Transport only; the flows live in ``Builder`` and ``Doctor``."""
 
@@ -370,22 +363,16 @@ class BuilderServicer(builder_pb2_grpc.BuilderServiceServicer):
         self, request: builder_pb2.BuildRequest, context: grpc.ServicerContext
     ) -> builder_pb2.BuildResponse:
         task = task_from_request(request)
-        try:
+        with _usage_on_failure(context):
             result = self._builder.build(task)
-        except CallsFailed as failure:
-            context.set_trailing_metadata(failure_metadata(failure))
-            raise failure.cause from None
         return response_from_result(result)
 
     def Diagnose(
         self, request: builder_pb2.DiagnoseRequest, context: grpc.ServicerContext
     ) -> builder_pb2.DiagnoseResponse:
         task = doctor_task_from_request(request)
-        try:
+        with _usage_on_failure(context):
             result = self._doctor.diagnose(task)
-        except CallsFailed as failure:
-            context.set_trailing_metadata(failure_metadata(failure))
-            raise failure.cause from None
         diagnosis = result.diagnosis
         return builder_pb2.DiagnoseResponse(
             action=builder_pb2.DoctorAction.Value(f"DOCTOR_ACTION_{diagnosis.action.upper()}"),
@@ -401,11 +388,8 @@ class BuilderServicer(builder_pb2_grpc.BuilderServiceServicer):
         self, request: builder_pb2.ReplanRequest, context: grpc.ServicerContext
     ) -> builder_pb2.ReplanResponse:
         task = doctor_task_from_request(request)
-        try:
+        with _usage_on_failure(context):
             result = self._doctor.replan(task)
-        except CallsFailed as failure:
-            context.set_trailing_metadata(failure_metadata(failure))
-            raise failure.cause from None
         return builder_pb2.ReplanResponse(
             revised_description=result.replan.revised_description,
             rationale=result.replan.rationale,

@@ -133,6 +133,28 @@ class StoredCall:
     error: str | None = None
     note: str | None = None
 
+    def as_record(self) -> LlmCallRecord:
+        """The row as the builder's in-memory call record."""
+        return LlmCallRecord(
+            provider=self.provider,
+            model=self.model,
+            max_tokens=self.max_tokens,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            total_tokens=self.total_tokens,
+            stop_reason=self.stop_reason,
+            duration_ms=self.duration_ms,
+            cache_read_input_tokens=self.cache_read_input_tokens,
+            cache_creation_input_tokens=self.cache_creation_input_tokens,
+            reasoning_output_tokens=self.reasoning_output_tokens,
+            cost_usd=self.cost_usd,
+            error=self.error or "",
+            call_id=self.id,
+            role=self.role,
+            output_format=self.output_format or "",
+            parse_outcome=self.parse_outcome or "",
+        )
+
 
 @dataclass(frozen=True)
 class UsageRow:
