@@ -71,6 +71,11 @@ def test_ndjson_expands_a_files_payload_and_salvages_a_cut_wrapper() -> None:
     payload = json.dumps({"files": [{"path": "x.py", "mode": "create", "new_content": "x\n"}] * 1})
     assert [op.path for op in parse_ndjson(payload, False).operations] == ["x.py"]
 
+    summary_first = json.dumps(
+        {"summary": "s", "files": [{"path": "x.py", "mode": "create", "new_content": "x"}]}
+    )
+    assert [op.path for op in parse_ndjson(summary_first, False).operations] == ["x.py"]
+
     wrapper = '{"files": [{"path": "x.py", "mode": "create", "new_content": "x"}, {"path": "y.py", "mo'
     parsed = parse_ndjson(wrapper, True)
     assert [op.path for op in parsed.operations] == ["x.py"] and parsed.incomplete_path == "y.py"

@@ -61,7 +61,12 @@ def main() -> None:
             "continuation budgets from %s",
             f"the estimator at {estimator_addr}" if budgets else "the local rule (no estimator configured)",
         )
-        builder = Builder(runner, default_model=settings.model, estimator=budgets)
+        builder = Builder(
+            runner,
+            default_model=settings.model,
+            estimator=budgets,
+            max_continuations=settings.max_continuations,
+        )
         servicer = BuilderServicer(builder, routing_source=str(routing_path))
         binding = ServiceBinding(
             SERVICE_FULL_NAME, builder_pb2_grpc.add_BuilderServiceServicer_to_server, servicer

@@ -49,6 +49,7 @@ class Builder:
         *,
         tracer: trace.Tracer | None = None,
         estimator: BudgetSource | None = None,
+        max_continuations: int = MAX_CONTINUATIONS,
     ) -> None:
         """``runner`` is the call layer; a bare Provider (embedded use, e.g. the orchestrator's flow
         test) is wrapped in one with the packaged routing table, ``store`` and ``tracer``."""
@@ -57,6 +58,8 @@ class Builder:
         self._runner = runner
         self._default_model = default_model
         self._budgets: BudgetSource = estimator or LocalBudget()
+        # 0 = a cut-off answer is returned at once with truncated=true (the caller re-budgets)
+        self._max_continuations = max_continuations
 
     @property
     def runner(self) -> CallRunner:
@@ -141,7 +144,7 @@ class Builder:
             notes += changed
             summary = summary or parsed.summary
             if truncated:
-                if continuations >= MAX_CONTINUATIONS or (
+                if continuations >= self._max_continuations or (
                     not new and parsed.incomplete_path == continue_from
                 ):
                     log.warning(

@@ -35,6 +35,8 @@ from autopack_builder.parsing import (
 
 _DECODER = json.JSONDecoder(strict=False)
 _FENCE = re.compile(r"^\s*(```|~~~)")
+# A "files"/"operations" array key outside any JSON string (inside one its quotes are escaped).
+_FILES_KEY = re.compile(r'(?<!\\)"(?:files|operations)"\s*:\s*\[')
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ def parse_ndjson(text: str, truncated: bool) -> ParsedOutput:
     A single ``{"files": [...]}`` payload (the model ignoring NDJSON) is expanded, and file
     objects are salvaged from a cut-off wrapper, as in the monolith's NDJSON hardening.
     """
-    if re.search(r'\{\s*"(?:files|operations)"\s*:\s*\[', text):
+    if _FILES_KEY.search(text):
         return parse_build_output(text, allow_partial=truncated)
     operations: list[FileOp] = []
     summary = ""

@@ -32,6 +32,8 @@ class BuilderSettings(ServiceSettings):
     provider_timeout_seconds: float = Field(default=600.0, gt=0, alias="AUTOPACK_BUILDER_TIMEOUT_SECONDS")
     # Read answers as server-sent events.
     stream: bool = Field(default=False, alias="AUTOPACK_BUILDER_STREAM")
+    # Continuation calls after cut-off answers within one Build; 0 = return the cut-off answer at once.
+    max_continuations: int = Field(default=3, ge=0, le=10, alias="AUTOPACK_BUILDER_MAX_CONTINUATIONS")
     # Days raw answers are kept in the builder database; 0 = keep them forever.
     answer_retention_days: float = Field(default=30.0, ge=0, alias="AUTOPACK_BUILDER_ANSWER_RETENTION_DAYS")
     # Estimator for continuation budgets (Escalate); "" = AUTOPACK_ESTIMATOR_ADDR or its default
