@@ -384,3 +384,23 @@ def test_format_falls_back_on_the_next_attempt_after_a_cut_off(
     assert first.truncated and first.output_format == "full_file_json"
     assert second.output_format == "ndjson" and len(second.operations) == 3
     assert "OUTPUT CONTRACT (NDJSON)" in fake_anthropic.requests[-1].system
+
+
+def test_clients_never_retry_a_build_the_builder_already_retried(
+    start_builder, build_request, fake_anthropic
+) -> None:
+    from autopack.builder.v1 import builder_pb2_grpc
+    from autopack_common.clients import open_channel
+
+    fake_anthropic.script(
+        ScriptedReply(529, anthropic_error("overloaded_error", "Overloaded"), {"retry-after": "0"})
+    )
+    stack = start_builder(AnthropicProvider(timeout_seconds=10))  # no OpenAI: nothing to fail over to
+    channel = open_channel("builder", stack.address)  # the channel every service uses (retries UNAVAILABLE)
+
+    with pytest.raises(grpc.RpcError) as caught:
+        builder_pb2_grpc.BuilderServiceStub(channel).Build(build_request(), timeout=30)
+    channel.close()
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert len(fake_anthropic.requests) == 4  # not 16: the channel's UNAVAILABLE retries skip Build
