@@ -404,3 +404,28 @@ def test_clients_never_retry_a_build_the_builder_already_retried(
 
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert len(fake_anthropic.requests) == 4  # not 16: the channel's UNAVAILABLE retries skip Build
+
+
+def test_a_model_that_used_up_its_requests_is_skipped_for_the_rest_of_the_build(
+    start_builder, build_request, fake_anthropic, fake_openai, make_completion
+) -> None:
+    from tests.builder.fake_llm import openai_error
+
+    fake_anthropic.script(
+        ScriptedReply(529, anthropic_error("overloaded_error", "Overloaded"), {"retry-after": "0"})
+    )
+    cut = _cut_inside(_answer(FILES), FILES[1][0])
+    fake_openai.script(
+        ScriptedReply(200, make_completion(cut, finish_reason="length", completion_tokens=1000)),
+        ScriptedReply(500, openai_error("server_error", "boom"), {"retry-after": "0"}),
+    )
+    stack = start_builder(AnthropicProvider(timeout_seconds=10), OpenAIProvider(timeout_seconds=10))
+
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.stub.Build(build_request(phase=_phase(), max_tokens=1000), timeout=30)
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    # sonnet: 4 x 529, then gpt-5 answers (cut); the continuation gets 4 x 500 from gpt-5 and
+    # does not go back to sonnet, which already failed in this build
+    assert len(fake_anthropic.requests) == 4 and len(fake_openai.requests) == 5
+    assert _error_info(caught.value).metadata["calls"] == "1"

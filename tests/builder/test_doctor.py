@@ -259,3 +259,28 @@ def test_parse_diagnosis_accepts_the_monolith_action_name() -> None:
 def test_parse_replan_rejects_an_essay() -> None:
     with pytest.raises(DoctorAnswerError, match="more than"):
         parse_replan(json.dumps({"revised_description": "x" * 2000}), "short")
+
+
+def test_doctor_fails_over_per_model_of_its_chain(
+    start_builder, fake_anthropic, fake_openai, make_completion
+) -> None:
+    from autopack_builder.providers import OpenAIProvider
+
+    from tests.builder.fake_llm import ScriptedReply, anthropic_error
+
+    fake_anthropic.script(
+        ScriptedReply(529, anthropic_error("overloaded_error", "Overloaded"), {"retry-after": "0"})
+    )
+    fake_openai.reply_completions(
+        make_completion(_diagnosis(confidence=0.4)),
+        make_completion(_diagnosis("replan", 0.9, hint="Split it.")),
+    )
+    stack = start_builder(AnthropicProvider(timeout_seconds=10), OpenAIProvider(timeout_seconds=10))
+
+    response = stack.stub.Diagnose(_diagnose_request(), timeout=15)
+
+    # cheap model: 4 x 529, fail-over gpt-5 answers with 0.4; the strong model is another model with
+    # its own 4 requests, then gpt-5 answers again, confidently
+    assert response.action == builder_pb2.DOCTOR_ACTION_REPLAN and response.model == "gpt-5-2025-08-07"
+    assert [r.body["model"] for r in fake_anthropic.requests] == [CHEAP] * 4 + [STRONG] * 4
+    assert len(fake_openai.requests) == 2

@@ -47,6 +47,8 @@ class CallLog:
     role: Role = "builder"
     estimate_id: str = ""
     records: list[LlmCallRecord] = field(default_factory=list)
+    # Models that used up their requests in this RPC: later calls of the RPC skip them.
+    exhausted: dict[str, TransientProviderError] = field(default_factory=dict)
 
     @property
     def answered(self) -> list[LlmCallRecord]:
@@ -140,6 +142,12 @@ class CallRunner:
             provider = self.providers.get(provider_name)
             if provider is None:
                 unconfigured.append(f"{model} ({provider_name})")
+                log.warning(
+                    "%s: no %s provider configured for %s; skipping it", call_log.role, provider_name, model
+                )
+                continue
+            if model in call_log.exhausted:
+                last = call_log.exhausted[model]  # failed its requests earlier in this RPC
                 continue
             ceiling = self.routing.output_ceiling(model)
             budget = min(max_tokens, ceiling) if ceiling and not self.providers.replay else max_tokens
@@ -172,6 +180,8 @@ class CallRunner:
                             wait,
                         )
                         self._sleep(wait)
+            if last is not None:
+                call_log.exhausted[model] = last
             log.warning(
                 "%s: %s failed %d request(s) in a row (%s); failing over",
                 call_log.role,
@@ -182,7 +192,7 @@ class CallRunner:
         if last is not None:
             cause = type(last.cause)(
                 f"{last.cause.message} (after {len(call_log.records)} request(s) over "
-                f"{len(dict.fromkeys(models)) - len(unconfigured)} model(s))"
+                f"{len(call_log.exhausted)} model(s))"
             )
             raise CallsFailed(cause, call_log.records, "PROVIDER_ERROR") if call_log.records else cause
         raise FailedPrecondition(
