@@ -95,3 +95,46 @@ def test_openai_errors_map_to_statuses(
     assert caught.value.code() == code
     assert len(fake_openai.requests) == requests
     assert "sk-test" not in caught.value.details()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [("", "EMPTY_FILES"), ("Happy to help! Which file should I change?", "NO_JSON")],
+    ids=["empty", "prose"],
+)
+def test_openai_empty_and_prose_answers_are_typed_errors(
+    start_builder, build_request, fake_openai, make_completion, text, reason, stream: bool
+) -> None:
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    fake_openai.reply_completions(make_completion(text, completion_tokens=12))
+    stack = start_builder(OpenAIProvider(timeout_seconds=10, stream=stream))
+
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.stub.Build(build_request(model="gpt-5"), timeout=15)
+
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_details_pb2.ErrorInfo()
+    rpc_status.from_call(caught.value).details[0].Unpack(info)  # type: ignore[union-attr]
+    assert info.reason == reason and int(info.metadata["output_tokens"]) == 12 * int(info.metadata["calls"])
+
+
+def test_openai_stream_cut_off_continues(
+    start_builder, build_request, fake_openai, make_completion, make_answer
+) -> None:
+    full = make_answer(
+        [(DELIVERABLE, "create", HELPER), ("examples/telemetry_utils/more.py", "create", "y\n")]
+    )
+    cut = full[: full.index("more.py") + 20]
+    rest = make_answer([("examples/telemetry_utils/more.py", "create", "y\n")])
+    fake_openai.reply_completions(
+        make_completion(cut, finish_reason="length", completion_tokens=900), make_completion(rest)
+    )
+    stack = start_builder(OpenAIProvider(timeout_seconds=10, stream=True))
+
+    response = stack.stub.Build(build_request(model="gpt-5", max_tokens=900), timeout=15)
+
+    assert response.continuations == 1 and [op.path for op in response.operations][-1].endswith("more.py")
+    assert [call.stop_reason for call in response.calls] == ["length", "stop"]
