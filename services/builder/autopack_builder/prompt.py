@@ -35,11 +35,16 @@ or modifying any file under it is ALLOWED. Any other scope path is one exact fil
 an empty "files" array is a failed answer.
 """
 
-# Failures the model cannot fix: sent to the model they only make it "fix" working code.
+# Failures the model cannot fix (sent to the model they only make it "fix" working code): the
+# orchestrator's report of a service call that failed for infrastructure reasons, and the builder's
+# own provider and configuration errors. Anchored on those shapes, so a test failure that merely
+# mentions "429" or "UNAVAILABLE" still reaches the model.
 _INFRASTRUCTURE_FAILURE = re.compile(
-    r"\b(429|529|503|rate.?limit|overloaded|RESOURCE_EXHAUSTED|UNAVAILABLE|DEADLINE_EXCEEDED|timed out|"
-    r"connection (refused|reset|error)|could not be reached|builder (Build|database)|no recorded|"
-    r"credentials|api key|quota)\b",
+    r"^\s*\w+ \w+ (?:failed \((?:UNAVAILABLE|RESOURCE_EXHAUSTED|DEADLINE_EXCEEDED|UNKNOWN|INTERNAL|CANCELLED)\)"
+    r"|gave no answer within)"
+    r"|^\s*(?:anthropic|openai) (?:unavailable|rate limit|timed out|could not be reached)"
+    r"|no usable credentials|no credentials configured|rejected the builder's credentials"
+    r"|no provider configured|no recorded \w+ response",
     re.IGNORECASE,
 )
 
