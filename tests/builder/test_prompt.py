@@ -101,3 +101,22 @@ def test_system_prompt_states_the_output_contract() -> None:
     assert '"create"' in system and '"modify"' in system and '"delete"' in system
     assert 'A scope path ending in "/" is a directory prefix' in system
     assert 'an empty "files" array is a failed answer' in system
+
+
+def test_infrastructure_failures_are_recognised_by_shape_not_by_words() -> None:
+    from autopack_builder.prompt import is_infrastructure_failure
+
+    for infra in (
+        "builder Build failed (UNAVAILABLE): anthropic unavailable (529 overloaded_error)",
+        "builder Build failed (RESOURCE_EXHAUSTED): anthropic rate limit (429 rate_limit_error)",
+        "applier RunChecks gave no answer within 600s",
+        "builder Build failed (FAILED_PRECONDITION): replay: no recorded builder response for phase 'p1'",
+        "anthropic could not be reached",
+    ):
+        assert is_infrastructure_failure(infra), infra
+    for about_the_code in (
+        "pytest: assert response.status == 429, got 200",
+        "E   grpc.RpcError: StatusCode.UNAVAILABLE expected from the retry helper",
+        "builder Build failed (FAILED_PRECONDITION): phase p1: unusable model output: no JSON",
+    ):
+        assert not is_infrastructure_failure(about_the_code), about_the_code

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from anthropic.types import Message
+from autopack_builder.doctor import parse_diagnosis
 from autopack_builder.models import ChatRequest
 from autopack_builder.parsing import parse_build_output
 from autopack_builder.providers import ReplayProvider, cut_to_budget, load_recordings, select_recording
@@ -80,7 +81,7 @@ def _request(phase_id: str, max_tokens: int = 4096, attempt: int = 1) -> ChatReq
 
 
 def test_missing_recording_is_failed_precondition_naming_the_phase(recordings: Path) -> None:
-    with pytest.raises(FailedPrecondition, match="no recorded response for phase 'p3'"):
+    with pytest.raises(FailedPrecondition, match="no recorded builder response for phase 'p3'"):
         ReplayProvider(recordings).chat(_request("p3"))
 
 
@@ -153,4 +154,7 @@ def test_shipped_example_recordings_load_and_parse() -> None:
     assert recordings
     for recording in recordings:
         text = "".join(block.text for block in recording.response.content if block.type == "text")
-        assert parse_build_output(text).operations, recording.source
+        if recording.role == "builder":
+            assert parse_build_output(text).operations, recording.source
+        else:
+            assert parse_diagnosis(text).confidence >= 0.7, recording.source

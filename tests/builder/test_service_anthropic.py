@@ -17,7 +17,7 @@ HELPER = "def truncate(text: str, limit: int) -> str:\n    return text[:limit]\n
 @pytest.fixture
 def provider(fake_anthropic) -> AnthropicProvider:
     """The production provider class; key and base URL come from the environment, as in production."""
-    return AnthropicProvider(max_retries=1, timeout_seconds=10)
+    return AnthropicProvider(timeout_seconds=10)
 
 
 def _good(make_message, make_answer, **usage: Any) -> dict[str, Any]:
@@ -96,10 +96,17 @@ def test_max_tokens_truncation_salvages_complete_files(
 
     response = stack.stub.Build(build_request(max_tokens=2048), timeout=15)
 
+    # the same cut-off answer again: one continuation ("continue from" the cut file), then no
+    # progress, so the complete operation is returned with truncated=true for the orchestrator
     assert response.truncated and response.stop_reason == "max_tokens"
-    assert response.actual_max_tokens == 2048 and response.usage.output_tokens == 2048
     assert [op.path for op in response.operations] == [DELIVERABLE]
-    assert len(fake_anthropic.requests) == 1  # a cut-off answer is not retried at the same budget
+    assert response.continuations == 1
+    first, second = fake_anthropic.requests
+    assert first.body["max_tokens"] == 2048 and second.body["max_tokens"] == 3072  # local rule x1.5
+    continuation = second.body["messages"][0]["content"]
+    assert f"- {DELIVERABLE} (create)" in continuation and "do NOT emit them again" in continuation
+    assert "Continue from file examples/telemetry_utils/more.py" in continuation
+    assert "local rule (no estimator configured)" in (stack.store.list_calls()[1].note or "")
 
 
 def test_empty_files_is_retried_exactly_once_with_stronger_emphasis(
@@ -151,8 +158,15 @@ def test_unusable_output_fails_with_the_reason(
 
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "files[0].path" in caught.value.details() and '".."' in caught.value.details()
-    assert len(fake_anthropic.requests) == 1
-    assert len(stack.store.list_calls()) == 1  # the tokens were spent, so the call is accounted
+    assert "0 complete operation(s) salvaged" in caught.value.details()
+    # one re-ask in the fallback format (NDJSON), then the typed error
+    assert len(fake_anthropic.requests) == 2
+    assert "OUTPUT CONTRACT (NDJSON)" in fake_anthropic.requests[1].body["system"]
+    rows = stack.store.list_calls()  # the tokens were spent, so the calls are accounted
+    assert [(row.output_format, row.parse_outcome) for row in rows] == [
+        ("full_file_json", "invalid:invalid_operation"),
+        ("ndjson", "invalid:invalid_operation"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -163,7 +177,7 @@ def test_unusable_output_fails_with_the_reason(
         (429, "rate_limit_error", grpc.StatusCode.RESOURCE_EXHAUSTED),
     ],
 )
-def test_retryable_provider_errors_after_sdk_retries(
+def test_transient_errors_cost_four_requests_honouring_retry_after(
     start_builder,
     build_request,
     provider,
@@ -182,15 +196,20 @@ def test_retryable_provider_errors_after_sdk_retries(
 
     assert caught.value.code() == code
     assert str(status) in caught.value.details()
-    assert len(fake_anthropic.requests) == 2  # the first try plus max_retries=1 SDK retry
-    assert stack.store.list_calls() == []
+    # one layer owns retries (the SDK's are off): 4 requests, the provider's retry-after between them;
+    # the fail-over model (gpt-5) has no provider configured here, so the error is the last 529/5xx/429
+    assert len(fake_anthropic.requests) == 4
+    assert stack.sleeps == [0.005, 0.005, 0.005]
+    rows = stack.store.list_calls()
+    assert [row.error is not None and str(status) in row.error for row in rows] == [True] * 4
+    assert {row.total_tokens for row in rows} == {0}
 
 
 def test_rejected_key_is_failed_precondition_without_leaking_it(
     start_builder, build_request, fake_anthropic, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-wrong-key")
-    stack = start_builder(AnthropicProvider(max_retries=1, timeout_seconds=10))
+    stack = start_builder(AnthropicProvider(timeout_seconds=10))
 
     with pytest.raises(grpc.RpcError) as caught:
         stack.stub.Build(build_request(), timeout=15)
@@ -211,7 +230,7 @@ def test_unreachable_provider_is_unavailable(
         port = sock.getsockname()[1]
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{port}")
-    stack = start_builder(AnthropicProvider(max_retries=0, timeout_seconds=5))
+    stack = start_builder(AnthropicProvider(timeout_seconds=5))
 
     with pytest.raises(grpc.RpcError) as caught:
         stack.stub.Build(build_request(), timeout=15)
@@ -249,6 +268,7 @@ def test_second_call_failure_keeps_the_first_calls_usage(
         "41",
         "3710",
     )
+    assert info.metadata["failed_requests"] == "4"  # the 529s: counted, never billed
 
 
 def test_missing_credentials_is_failed_precondition(
@@ -256,7 +276,7 @@ def test_missing_credentials_is_failed_precondition(
 ) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY")
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.config/anthropic profile either
-    stack = start_builder(AnthropicProvider(max_retries=0, timeout_seconds=5))
+    stack = start_builder(AnthropicProvider(timeout_seconds=5))
 
     with pytest.raises(grpc.RpcError) as caught:
         stack.stub.Build(build_request(), timeout=15)
@@ -273,7 +293,7 @@ def test_broken_credentials_configuration_fails_at_construction(
     monkeypatch.setenv("ANTHROPIC_CONFIG_DIR", str(tmp_path / "missing"))
 
     with pytest.raises(FailedPrecondition, match="credentials could not be loaded"):
-        AnthropicProvider(max_retries=0, timeout_seconds=5)
+        AnthropicProvider(timeout_seconds=5)
 
 
 @pytest.mark.parametrize(

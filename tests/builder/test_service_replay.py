@@ -95,12 +95,17 @@ def test_budget_below_the_recording_is_truncated_and_salvaged(
 
     response = stack.stub.Build(build_request(max_tokens=700), timeout=10)
 
-    assert response.truncated
-    assert response.stop_reason == "max_tokens"
-    assert response.actual_max_tokens == 700
-    assert response.usage.output_tokens == 700
-    assert [op.path for op in response.operations] == [DELIVERABLE]  # the cut-off second file is dropped
-    assert [c.stop_reason for c in stack.store.list_calls()] == ["max_tokens"]
+    # cut at 700 of 820 tokens: the complete file is kept, the continuation (700 x 1.5 = 1050)
+    # gets the whole recording, and only the file not kept yet is taken from it
+    assert not response.truncated and response.continuations == 1
+    assert response.actual_max_tokens == 1050
+    assert response.usage.output_tokens == 700 + 820
+    assert [op.path for op in response.operations] == [DELIVERABLE, "examples/telemetry_utils/__init__.py"]
+    rows = stack.store.list_calls()
+    assert [(c.stop_reason, c.parse_outcome) for c in rows] == [
+        ("max_tokens", "salvaged"),
+        ("end_turn", "ok"),
+    ]
 
 
 def test_empty_files_is_retried_once_then_fails_with_usage_in_the_status(
@@ -127,6 +132,8 @@ def test_empty_files_is_retried_once_then_fails_with_usage_in_the_status(
         "output_tokens": "82",
         "total_tokens": "3082",
         "actual_max_tokens": "8192",
+        "failed_requests": "0",
+        "call_ids": "1,2",
     }
     assert [c.call_index for c in stack.store.list_calls(phase_id="empty-phase")] == [1, 2]
 

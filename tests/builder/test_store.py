@@ -39,7 +39,7 @@ def test_schema_upgrade_is_idempotent_and_uses_its_own_version_table(database_ur
         with engine.connect() as connection:
             assert (
                 connection.execute(text("SELECT version_num FROM alembic_version_builder")).scalar()
-                == "builder_0001"
+                == "builder_0002"
             )
     finally:
         engine.dispose()

@@ -9,7 +9,9 @@ from typing import Any
 import grpc
 import pytest
 from autopack_builder.builder import Builder
-from autopack_builder.providers import AnthropicProvider, ReplayProvider
+from autopack_builder.calls import CallRunner
+from autopack_builder.providers import AnthropicProvider, ProviderSet, ReplayProvider
+from autopack_builder.routing import load_routing
 from autopack_builder.service import task_from_request
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -70,7 +72,10 @@ def test_call_span_is_a_child_of_the_current_span(
     tracer_provider: TracerProvider, span_exporter, build_request, recordings: Path
 ) -> None:
     tracer = tracer_provider.get_tracer("test")
-    builder = Builder(ReplayProvider(recordings), None, "claude-sonnet-4-6", tracer=tracer)
+    runner = CallRunner(
+        ProviderSet({"replay": ReplayProvider(recordings)}), load_routing(), None, tracer=tracer
+    )
+    builder = Builder(runner)
 
     with tracer.start_as_current_span("phase telemetry-p1-string-util") as parent:
         builder.build(task_from_request(build_request()))
@@ -86,7 +91,7 @@ def test_anthropic_spans_one_per_call_including_the_retry(
         make_message('{"files": []}', output_tokens=41),
         make_message(make_answer([("examples/telemetry_utils/string_helper.py", "create", SECRET_CONTENT)])),
     )
-    provider = AnthropicProvider(max_retries=0, timeout_seconds=10)
+    provider = AnthropicProvider(timeout_seconds=10)
     stack = start_builder(provider)
 
     stack.stub.Build(build_request(), timeout=10)
@@ -113,12 +118,14 @@ def test_failed_call_span_has_error_status(
     fake_anthropic.script(
         scripted_reply(529, error_body("overloaded_error", "Overloaded"), {"retry-after-ms": "5"})
     )
-    stack = start_builder(AnthropicProvider(max_retries=0, timeout_seconds=10))
+    stack = start_builder(AnthropicProvider(timeout_seconds=10))
 
     with pytest.raises(grpc.RpcError):
         stack.stub.Build(build_request(), timeout=10)
 
-    [span] = _chat_spans(span_exporter)
-    assert span.status.status_code == StatusCode.ERROR
-    assert span.attributes["error.type"] == "Unavailable"  # type: ignore[index]
-    assert "gen_ai.usage.output_tokens" not in span.attributes  # type: ignore[operator]
+    spans = _chat_spans(span_exporter)
+    assert len(spans) == 4  # one span per HTTP request: the retries are the builder's, not the SDK's
+    for span in spans:
+        assert span.status.status_code == StatusCode.ERROR
+        assert span.attributes["error.type"] == "Unavailable"  # type: ignore[index]
+        assert "gen_ai.usage.output_tokens" not in span.attributes  # type: ignore[operator]

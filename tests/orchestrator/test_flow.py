@@ -167,7 +167,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     upgrade_schema(builder_engine, "autopack_builder.migrations", "alembic_version_builder")
     replay = ReplayProvider(recordings)
     builder = Builder(
-        replay, LlmCallStore(builder_engine), "claude-sonnet-4-5", tracer=provider.get_tracer("test")
+        replay,
+        LlmCallStore(builder_engine),
+        "claude-sonnet-4-5",
+        tracer=provider.get_tracer("test"),
+        max_continuations=0,  # cut-off answers reach the orchestrator (its TRUNCATED path is under test)
     )
     cleanups += [builder_engine.dispose, replay.close]
 

@@ -1,196 +1,279 @@
-"""The build flow: prompt, call the provider, parse, retry once on an empty answer.
+"""The build flow: choose a format, call, parse, continue cut-off answers, retry what is worth it.
 
-Every call gets its own ``chat <model>`` CLIENT span (GenAI semantic conventions) and a
-row in ``llm_calls`` the moment it returns, so tokens are accounted even when the build
-fails afterwards. A failure after at least one call is a ``BuildFailed`` that carries
-the calls, so the servicer can report their usage alongside the error status.
+- Format: forced by the request, else the format after the one that failed the previous
+  attempt (cut off or malformed, from this builder's own call records), else by file size.
+- A cut-off answer keeps every complete operation and the next call continues from the first
+  incomplete one ("continue from file X"), never re-emitting finished files, with a budget from
+  the estimator's ``Escalate`` (or the stated local rule), at most ``MAX_CONTINUATIONS`` times.
+- A malformed answer is re-asked once in the fallback format; a second one fails with the
+  typed reason and what was salvaged, never a crash.
+- An empty answer with deliverables is retried once per phase with stronger emphasis, never on
+  the phase's last attempt (seed 000).
+- Provider trouble (429/529/5xx) is the call layer's: backoff, then fail-over.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Sequence
 
 from autopack_common.errors import DomainError, FailedPrecondition
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from autopack_builder.models import BuildResult, BuildTask, ChatRequest, ChatResult, LlmCallRecord
-from autopack_builder.parsing import OutputFormatError, parse_build_output
+from autopack_builder.calls import CallLog, CallRunner, CallsFailed
+from autopack_builder.escalation import BudgetSource, LocalBudget
+from autopack_builder.formats import FALLBACK, FULL_FILE_MAX_LINES, choose_format, output_format
+from autopack_builder.models import BuildResult, BuildTask, ChatResult, FileOp, LlmCallRecord
+from autopack_builder.normalize import Workspace, normalize_operations
+from autopack_builder.parsing import OutputFormatError
 from autopack_builder.prompt import build_system_prompt, build_user_prompt
-from autopack_builder.providers import Provider
+from autopack_builder.providers import Provider, ProviderSet
+from autopack_builder.routing import load_routing
 from autopack_builder.store import LlmCallStore
 
 log = logging.getLogger(__name__)
 
-# Seed 000: an empty files array is retried once with stronger deliverables emphasis, then fails.
-MAX_CALLS_PER_BUILD = 2
+MAX_CONTINUATIONS = 3
+EMPTY_FILES_RETRY_NOTE = "empty-files retry"
 
-
-class BuildFailed(Exception):
-    """A build that failed after provider calls: ``cause`` is the status, ``calls`` their usage."""
-
-    def __init__(self, cause: DomainError, calls: Sequence[LlmCallRecord], reason: str) -> None:
-        super().__init__(cause.message)
-        self.cause = cause
-        self.calls = tuple(calls)
-        self.reason = reason
+BuildFailed = CallsFailed
 
 
 class Builder:
-    """Turns a BuildTask into validated file operations with one provider."""
+    """Turns a BuildTask into validated file operations."""
 
     def __init__(
         self,
-        provider: Provider,
-        store: LlmCallStore | None,
-        default_model: str,
+        runner: CallRunner | Provider,
+        store: LlmCallStore | None = None,
+        default_model: str = "",
+        *,
         tracer: trace.Tracer | None = None,
+        estimator: BudgetSource | None = None,
+        max_continuations: int = MAX_CONTINUATIONS,
     ) -> None:
-        self._provider = provider
-        self._store = store
+        """``runner`` is the call layer; a bare Provider (embedded use, e.g. the orchestrator's flow
+        test) is wrapped in one with the packaged routing table, ``store`` and ``tracer``."""
+        if not isinstance(runner, CallRunner):
+            runner = CallRunner(ProviderSet({runner.name: runner}), load_routing(), store, tracer=tracer)
+        self._runner = runner
         self._default_model = default_model
-        self._tracer = tracer or trace.get_tracer("autopack.builder")
+        self._budgets: BudgetSource = estimator or LocalBudget()
+        # 0 = a cut-off answer is returned at once with truncated=true (the caller re-budgets)
+        self._max_continuations = max_continuations
+
+    @property
+    def runner(self) -> CallRunner:
+        return self._runner
+
+    def models_for(self, task: BuildTask) -> list[str]:
+        """The chosen model for this attempt, then the role's fail-over models."""
+        routing = self._runner.routing
+        model = routing.model_for_attempt(
+            "builder",
+            task.attempt,
+            task.category,
+            task.complexity,
+            requested=task.model or self._default_model,
+        )
+        return [model, *routing.role("builder").failover]
+
+    def choose_format(self, task: BuildTask) -> str:
+        """Forced, else the fallback of the format that failed last attempt, else by file size."""
+        trouble = ""
+        store = self._runner.store
+        if not task.output_format and store is not None and task.attempt > 1:
+            trouble = store.format_trouble(task.run_id, task.phase_id, task.attempt - 1) or ""
+        return choose_format(_line_counts(task), forced=task.output_format, previous_trouble=trouble)
+
+    def _may_retry_empty(self, task: BuildTask) -> bool:
+        """Once per phase, never on the last attempt."""
+        if task.max_attempts and task.attempt >= task.max_attempts:
+            return False
+        store = self._runner.store
+        return store is None or not store.has_note(task.run_id, task.phase_id, EMPTY_FILES_RETRY_NOTE)
 
     def build(self, task: BuildTask) -> BuildResult:
         """Operations for one phase attempt; raises DomainError (no call made) or BuildFailed."""
-        model = task.model or self._default_model
-        system = build_system_prompt()
-        calls: list[LlmCallRecord] = []
-        for call_index in range(1, MAX_CALLS_PER_BUILD + 1):
-            request = ChatRequest(
-                model=model,
-                max_tokens=task.max_tokens,
-                system=system,
-                user=build_user_prompt(task, emphasize_deliverables=call_index > 1),
-                run_id=task.run_id,
-                phase_id=task.phase_id,
-                attempt=task.attempt,
-                call=call_index,
+        models = self.models_for(task)
+        workspace = Workspace.from_task(task)
+        format_name = self.choose_format(task)
+        call_log = CallLog(
+            run_id=task.run_id, phase_id=task.phase_id, attempt=task.attempt, estimate_id=task.estimate_id
+        )
+        kept: dict[str, FileOp] = {}
+        # complete operations of answers that failed to parse, reported with the typed error
+        salvaged_from_failures: dict[str, FileOp] = {}
+        notes: list[str] = []
+        summary = ""
+        budget = task.max_tokens
+        continue_from: str | None = None
+        continuations = 0
+        fell_back = False
+        emphasize = False
+        request_note = ""
+        while True:
+            answer, record = self._ask(
+                call_log, models, task, format_name, budget, kept, continue_from, emphasize, request_note
             )
+            # after a fail-over, stay with the model that answered
+            models = [record.requested_model, *(m for m in models if m != record.requested_model)]
+            truncated = answer.truncated
             try:
-                result = self._call(task, request, calls)
-            except DomainError as error:
-                if calls:
-                    raise BuildFailed(error, calls, "PROVIDER_ERROR") from error
-                raise
-            try:
-                parsed = parse_build_output(result.text, allow_partial=result.truncated)
+                parsed = output_format(format_name).parse(answer.text, truncated)
+                operations, changed = normalize_operations(parsed.operations, workspace)
             except OutputFormatError as error:
-                raise BuildFailed(
-                    FailedPrecondition(f"phase {task.phase_id}: unusable model output: {error.problem}"),
-                    calls,
-                    error.reason.upper(),
-                ) from error
-            # A cut-off answer is returned as is (truncated=true): the caller re-budgets, a
-            # same-budget retry would be cut off again.
-            if parsed.operations or not task.deliverables or result.truncated:
-                if result.truncated:
+                self._runner.set_outcome(call_log, record, f"invalid:{error.reason}", len(error.salvaged))
+                salvaged_from_failures.update((op.path, op) for op in error.salvaged)
+                if not fell_back:
+                    fell_back = True
+                    previous, format_name = format_name, FALLBACK[format_name]
+                    request_note = f"format fallback {previous} -> {format_name} after: {error.reason}"
                     log.warning(
-                        "phase %s: output cut off at max_tokens=%d (%s); kept %d complete file(s)",
-                        task.phase_id,
-                        task.max_tokens,
-                        result.stop_reason,
-                        len(parsed.operations),
+                        "phase %s: %s answer unusable (%s); %s", task.phase_id, previous, error, request_note
                     )
-                return BuildResult(
-                    operations=parsed.operations,
-                    calls=tuple(calls),
-                    summary=parsed.summary,
-                    salvaged=parsed.salvaged,
-                )
-            if call_index < MAX_CALLS_PER_BUILD:
-                log.warning(
-                    "phase %s: empty files array with %d deliverable(s); retrying once with stronger emphasis",
-                    task.phase_id,
-                    len(task.deliverables),
-                )
-        raise BuildFailed(
-            FailedPrecondition(
-                f"phase {task.phase_id}: the model returned an empty files array for "
-                f"{len(task.deliverables)} required deliverable(s), also after one retry with "
-                "stronger deliverables emphasis"
-            ),
-            calls,
-            "EMPTY_FILES",
-        )
-
-    def _call(self, task: BuildTask, request: ChatRequest, calls: list[LlmCallRecord]) -> ChatResult:
-        """One traced provider call, accounted in ``calls`` and the store as soon as it returns."""
-        with self._tracer.start_as_current_span(
-            f"chat {request.model}",
-            kind=SpanKind.CLIENT,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            span.set_attributes(
-                {
-                    "gen_ai.operation.name": "chat",
-                    "gen_ai.provider.name": self._provider.name,
-                    "gen_ai.request.model": request.model,
-                    "gen_ai.request.max_tokens": request.max_tokens,
-                    "autopack.builder.attempt": request.attempt,
-                    "autopack.builder.call": request.call,
-                }
+                    continue
+                raise self._unusable(task, call_log, error, {**salvaged_from_failures, **kept}) from error
+            self._runner.set_outcome(
+                call_log,
+                record,
+                "salvaged" if parsed.salvaged else "ok",
+                len(operations) if parsed.salvaged else None,
             )
-            if self._provider.name == "replay":
-                span.set_attribute("autopack.replay", True)
-            started = time.perf_counter()
-            try:
-                result = self._provider.chat(request)
-            except DomainError as error:
-                span.set_attribute("error.type", type(error).__name__)
-                span.set_status(Status(StatusCode.ERROR, error.message))
-                raise
-            duration_ms = int((time.perf_counter() - started) * 1000)
-            _set_response_attributes(span, result)
-
-        record = LlmCallRecord(
-            provider=result.provider,
-            model=result.model,
-            max_tokens=request.max_tokens,
-            input_tokens=result.input_tokens,
-            output_tokens=result.output_tokens,
-            total_tokens=result.total_tokens,
-            stop_reason=result.stop_reason,
-            duration_ms=duration_ms,
-        )
-        calls.append(record)
-        log.info(
-            "phase %s call %d: provider=%s model=%s max_tokens=%d input=%s output=%s total=%d stop=%s",
-            task.phase_id,
-            request.call,
-            record.provider,
-            record.model,
-            record.max_tokens,
-            record.input_tokens,
-            record.output_tokens,
-            record.total_tokens,
-            record.stop_reason,
-        )
-        if self._store is not None:
-            try:
-                self._store.record(
-                    run_id=task.run_id,
-                    phase_id=task.phase_id,
-                    attempt=task.attempt,
-                    call_index=request.call,
-                    estimate_id=task.estimate_id,
-                    call=record,
+            new = [op for op in operations if op.path not in kept]
+            kept.update((op.path, op) for op in new)
+            notes += changed
+            summary = summary or parsed.summary
+            if truncated:
+                if continuations >= self._max_continuations or (
+                    not new and parsed.incomplete_path == continue_from
+                ):
+                    log.warning(
+                        "phase %s: still cut off after %d continuation(s); returning %d complete operation(s)",
+                        task.phase_id,
+                        continuations,
+                        len(kept),
+                    )
+                    return self._result(kept, call_log, summary, format_name, continuations, notes, True)
+                continuations += 1
+                continue_from = parsed.incomplete_path
+                next_budget = self._budgets.continuation_budget(
+                    task.estimate_id,
+                    record.output_tokens or record.max_tokens,
+                    record.max_tokens,
+                    self._runner.routing.output_ceiling(record.requested_model),
                 )
-            except DomainError as error:
-                raise BuildFailed(error, calls, "STORE_ERROR") from error
-        return result
+                budget = next_budget.max_tokens
+                request_note = (
+                    f"continuation {continuations} from {continue_from or 'the next operation'} "
+                    f"({len(kept)} kept); max_tokens {budget} from {next_budget.source}"
+                )
+                log.warning("phase %s: answer cut off; %s", task.phase_id, request_note)
+                emphasize = False
+                continue
+            if kept or not task.deliverables:
+                return self._result(kept, call_log, summary, format_name, continuations, notes, False)
+            if emphasize or not self._may_retry_empty(task):
+                raise BuildFailed(
+                    FailedPrecondition(
+                        f"phase {task.phase_id}: the model returned an empty files array (no operations) for "
+                        f"{len(task.deliverables)} required deliverable(s)"
+                        + (", also after one retry with stronger deliverables emphasis" if emphasize else "")
+                    ),
+                    call_log.records,
+                    "EMPTY_FILES",
+                )
+            emphasize = True
+            request_note = EMPTY_FILES_RETRY_NOTE
+            log.warning(
+                "phase %s: empty answer with %d deliverable(s); retrying once with stronger emphasis",
+                task.phase_id,
+                len(task.deliverables),
+            )
+
+    def _ask(
+        self,
+        call_log: CallLog,
+        models: list[str],
+        task: BuildTask,
+        format_name: str,
+        budget: int,
+        kept: dict[str, FileOp],
+        continue_from: str | None,
+        emphasize: bool,
+        note: str,
+    ) -> tuple[ChatResult, LlmCallRecord]:
+        try:
+            result, record = self._runner.chat(
+                call_log,
+                models=models,
+                max_tokens=budget,
+                system=build_system_prompt(format_name),
+                user=build_user_prompt(
+                    task,
+                    emphasize_deliverables=emphasize,
+                    format_name=format_name,
+                    completed=tuple(kept.values()),
+                    continue_from=continue_from,
+                ),
+                output_format=format_name,
+                note=note,
+            )
+        except CallsFailed:
+            raise
+        except DomainError as error:
+            if call_log.records:
+                raise BuildFailed(error, call_log.records, "PROVIDER_ERROR") from error
+            raise
+        return result, record
+
+    def _unusable(
+        self, task: BuildTask, call_log: CallLog, error: OutputFormatError, kept: dict[str, FileOp]
+    ) -> BuildFailed:
+        salvaged = list(kept.values())
+        return BuildFailed(
+            FailedPrecondition(
+                f"phase {task.phase_id}: unusable model output: {error.problem} "
+                f"({len(salvaged)} complete operation(s) salvaged)"
+            ),
+            call_log.records,
+            error.reason.upper(),
+            details={
+                "salvaged_operations": str(len(salvaged)),
+                "salvaged_paths": ",".join(op.path for op in salvaged)[:1024],
+            },
+        )
+
+    @staticmethod
+    def _result(
+        kept: dict[str, FileOp],
+        call_log: CallLog,
+        summary: str,
+        format_name: str,
+        continuations: int,
+        notes: list[str],
+        salvaged: bool,
+    ) -> BuildResult:
+        return BuildResult(
+            operations=tuple(kept.values()),
+            calls=tuple(call_log.records),
+            summary=summary,
+            salvaged=salvaged,
+            output_format=format_name,
+            continuations=continuations,
+            normalizations=tuple(notes),
+        )
 
 
-def _set_response_attributes(span: trace.Span, result: ChatResult) -> None:
-    span.set_attribute("gen_ai.response.model", result.model)
-    span.set_attribute("gen_ai.response.finish_reasons", [result.stop_reason] if result.stop_reason else [])
-    if result.response_id:
-        span.set_attribute("gen_ai.response.id", result.response_id)
-    if result.input_tokens is not None:
-        span.set_attribute("gen_ai.usage.input_tokens", result.input_tokens)
-    if result.output_tokens is not None:
-        span.set_attribute("gen_ai.usage.output_tokens", result.output_tokens)
-    span.set_attribute("autopack.tokens.total", result.total_tokens)
+def _in_scope(path: str, task: BuildTask) -> bool:
+    return path in task.deliverables or any(
+        path == scope or (scope.endswith("/") and path.startswith(scope)) for scope in task.scope_paths
+    )
+
+
+def _line_counts(task: BuildTask) -> list[int]:
+    """Line counts of the existing files the phase may change; a summarised one counts as large."""
+    return [
+        FULL_FILE_MAX_LINES + 1 if f.summarized else len(f.content.splitlines())
+        for f in task.context_files
+        if _in_scope(f.path, task)
+    ]

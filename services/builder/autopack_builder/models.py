@@ -7,8 +7,10 @@ from typing import Literal
 
 from autopack_common.truncation import is_truncating_stop_reason
 
-FileMode = Literal["create", "modify", "delete"]
-FILE_MODES: tuple[FileMode, ...] = ("create", "modify", "delete")
+FileMode = Literal["create", "modify", "delete", "edit"]
+FILE_MODES: tuple[FileMode, ...] = ("create", "modify", "delete", "edit")
+LineAction = Literal["insert", "replace", "delete", "append", "prepend"]
+LINE_ACTIONS: tuple[LineAction, ...] = ("insert", "replace", "delete", "append", "prepend")
 
 
 @dataclass(frozen=True)
@@ -41,15 +43,53 @@ class BuildTask:
     previous_failure: str = ""
     intention_context: str = ""
     memory_notes: tuple[str, ...] = ()
+    validation_command: tuple[str, ...] = ()
+    # Output format forced by the request ("" = the policy chooses).
+    output_format: str = ""
+    # Paths the caller knows exist in the workspace, beyond the context files.
+    existing_paths: tuple[str, ...] = ()
+    # The phase's attempt limit (0 = unknown): no empty-files retry on the last attempt.
+    max_attempts: int = 0
+
+
+@dataclass(frozen=True)
+class LineEditSpec:
+    """A structured edit by line (1-indexed, inclusive, numbers refer to the original file)."""
+
+    action: LineAction
+    start_line: int = 0
+    end_line: int = 0
+    content: str = ""
+
+
+@dataclass(frozen=True)
+class SearchReplaceSpec:
+    """An Aider-style block: ``search`` must match exactly once."""
+
+    search: str
+    replace: str
+
+
+@dataclass(frozen=True)
+class UnifiedDiffSpec:
+    """A unified diff of one file (``--- a/x``, ``+++ b/x``, hunks)."""
+
+    diff: str
+
+
+EditSpec = LineEditSpec | SearchReplaceSpec | UnifiedDiffSpec
 
 
 @dataclass(frozen=True)
 class FileOp:
-    """A full-file change: the whole new content, never a diff."""
+    """One file change: whole content (create/modify), delete, or edits the applier resolves (edit)."""
 
     path: str
     mode: FileMode
     new_content: str = ""
+    edits: tuple[EditSpec, ...] = ()
+    # SHA-256 of the content the edits were written against ("" = unknown: no stale check).
+    base_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,6 +104,8 @@ class ChatRequest:
     phase_id: str = ""
     attempt: int = 1
     call: int = 1
+    # "builder", "doctor" or "auditor": lets the replay provider find the right recording.
+    role: str = "builder"
 
 
 @dataclass(frozen=True)
@@ -78,6 +120,9 @@ class ChatResult:
     output_tokens: int | None
     total_tokens: int
     response_id: str = ""
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    reasoning_output_tokens: int | None = None
 
     @property
     def truncated(self) -> bool:
@@ -96,6 +141,20 @@ class LlmCallRecord:
     total_tokens: int
     stop_reason: str
     duration_ms: int
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    reasoning_output_tokens: int | None = None
+    # Price-table cost in USD; None when the model has no price.
+    cost_usd: float | None = None
+    # A request that got no answer (429, 529, 5xx, timeout): what went wrong; "" for an answer.
+    error: str = ""
+    # Row id in the builder's store (0 when no store is configured).
+    call_id: int = 0
+    role: str = "builder"
+    output_format: str = ""
+    parse_outcome: str = ""
+    # The model name the request asked for (the answer may name a dated version).
+    requested_model: str = ""
 
 
 @dataclass(frozen=True)
@@ -106,6 +165,9 @@ class BuildResult:
     calls: tuple[LlmCallRecord, ...]
     summary: str = ""
     salvaged: bool = False
+    output_format: str = ""
+    continuations: int = 0
+    normalizations: tuple[str, ...] = ()
 
     @property
     def final_call(self) -> LlmCallRecord:

@@ -1,4 +1,4 @@
-"""Prompts for the full-file output format.
+"""Prompts: the format's contract (system) and the phase (user), continuation and retries.
 
 The wording carries two lessons from the monolith (seed 000): a cautious model read a
 scope path like ``examples/utils/`` as "only that exact path" and answered with an
@@ -11,29 +11,23 @@ from __future__ import annotations
 
 import re
 
-from autopack_builder.models import BuildTask
+from autopack_builder.formats import output_format
+from autopack_builder.models import BuildTask, FileOp
 
 DIRECTORY_PREFIX_NOTE = "(directory prefix - creating or modifying files under this path is ALLOWED)"
 EXACT_FILE_NOTE = "(exact file)"
 DELIVERABLES_HEADING = "## REQUIRED DELIVERABLES"
 EMPTY_FILES_RULE = 'An empty "files" array is NOT allowed for this phase.'
 
-SYSTEM_PROMPT = """\
+SYSTEM_PREAMBLE = """\
 You are the Builder of Autopack, an autonomous software engineering system. You implement one \
-phase of a plan by writing complete files.
+phase of a plan by writing the files it needs.
+"""
 
-OUTPUT CONTRACT
-Reply with exactly one JSON object and nothing else: no prose before or after it, no markdown \
-code fences. Its shape:
-{"summary": "<one or two sentences on what you changed>", "files": [{"path": "<path>", \
-"mode": "create", "new_content": "<complete file content>"}]}
-
-Rules for every entry of "files":
+COMMON_RULES = """\
+Rules for every operation:
 - "path" is relative to the repository root, uses forward slashes, never starts with "/" and \
 never contains "..".
-- "mode" is "create" (new file), "modify" (replace an existing file) or "delete" (remove a file).
-- "new_content" is the COMPLETE content of the file after the change, never a diff or an \
-excerpt. Use "" for "delete".
 - Write only paths the scope allows. A scope path ending in "/" is a directory prefix: creating \
 or modifying any file under it is ALLOWED. Any other scope path is one exact file.
 - Read-only context paths may be read but never written unless they are also in the scope.
@@ -41,10 +35,28 @@ or modifying any file under it is ALLOWED. Any other scope path is one exact fil
 an empty "files" array is a failed answer.
 """
 
+# Failures the model cannot fix (sent to the model they only make it "fix" working code): the
+# orchestrator's report of a service call that failed for infrastructure reasons, and the builder's
+# own provider and configuration errors. Anchored on those shapes, so a test failure that merely
+# mentions "429" or "UNAVAILABLE" still reaches the model.
+_INFRASTRUCTURE_FAILURE = re.compile(
+    r"^\s*\w+ \w+ (?:failed \((?:UNAVAILABLE|RESOURCE_EXHAUSTED|DEADLINE_EXCEEDED|UNKNOWN|INTERNAL|CANCELLED)\)"
+    r"|gave no answer within)"
+    r"|^\s*(?:anthropic|openai) (?:unavailable|rate limit|timed out|could not be reached)"
+    r"|no usable credentials|no credentials configured|rejected the builder's credentials"
+    r"|no provider configured|no recorded \w+ response",
+    re.IGNORECASE,
+)
 
-def build_system_prompt() -> str:
-    """The output contract; identical for every call so providers can cache it."""
-    return SYSTEM_PROMPT
+
+def build_system_prompt(format_name: str = "full_file_json") -> str:
+    """Preamble, the format's output contract and the common rules; identical per format (cacheable)."""
+    return f"{SYSTEM_PREAMBLE}\n{output_format(format_name).contract}\n{COMMON_RULES}"
+
+
+def is_infrastructure_failure(failure: str) -> bool:
+    """True when a previous failure is about providers or services, not about the code written."""
+    return bool(_INFRASTRUCTURE_FAILURE.search(failure))
 
 
 def annotate_scope_path(path: str) -> str:
@@ -85,8 +97,20 @@ def _deliverables_section(task: BuildTask, emphasize: bool) -> list[str]:
     return lines
 
 
-def build_user_prompt(task: BuildTask, *, emphasize_deliverables: bool = False) -> str:
-    """The phase, its scope, context and deliverables; ``emphasize_deliverables`` is the empty-files retry."""
+def build_user_prompt(
+    task: BuildTask,
+    *,
+    emphasize_deliverables: bool = False,
+    format_name: str = "full_file_json",
+    completed: tuple[FileOp, ...] = (),
+    continue_from: str | None = None,
+) -> str:
+    """The phase, its scope, context and deliverables.
+
+    ``emphasize_deliverables`` is the empty-files retry; ``completed``/``continue_from`` make a
+    continuation prompt after a cut-off answer: the finished operations are listed and must
+    not be emitted again, and the answer resumes at ``continue_from``.
+    """
     lines = [f"# Phase {task.phase_id} (attempt {task.attempt})", "", "## Goal", task.description.strip()]
     hints = [
         f"Category: {task.category}" if task.category else "",
@@ -121,16 +145,32 @@ def build_user_prompt(task: BuildTask, *, emphasize_deliverables: bool = False) 
             fence = _fence_for(context_file.content)
             lines += ["", f"### {context_file.path}{label}", fence, context_file.content.rstrip("\n"), fence]
 
-    if task.previous_failure.strip():
+    if task.validation_command:
         lines += [
             "",
-            "## Previous attempt failed",
-            task.previous_failure.strip(),
-            "Fix the cause and give the complete files again.",
+            "## Validation",
+            "After your change is applied this command must pass (run from the repository root):",
+            "`" + " ".join(task.validation_command) + "`",
         ]
+
+    failure = task.previous_failure.strip()
+    if failure and not is_infrastructure_failure(failure):
+        lines += ["", "## Previous attempt failed", failure, "Fix the cause of this failure."]
 
     if task.deliverables:
         lines += ["", *_deliverables_section(task, emphasize_deliverables)]
 
-    lines += ["", "## Answer", "Reply with the JSON object only, as the output contract describes."]
+    if completed or continue_from:
+        lines += ["", "## Continuation", "Your previous answer was cut off at the output limit."]
+        if completed:
+            lines += ["These operations were complete and are kept - do NOT emit them again:"]
+            lines += [f"- {op.path} ({op.mode})" for op in completed]
+        if continue_from:
+            lines.append(
+                f"Continue from file {continue_from}: write its operation completely, then the remaining ones."
+            )
+        else:
+            lines.append("Continue with the remaining operations only.")
+
+    lines += ["", "## Answer", output_format(format_name).answer_instruction]
     return "\n".join(lines) + "\n"

@@ -23,6 +23,14 @@ _RETRY_SERVICE_CONFIG = json.dumps(
         "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
+                # Not retried: each call spends LLM tokens and the builder already retries and fails
+                # over provider errors itself (a more specific name wins over the default below).
+                "name": [
+                    {"service": "autopack.builder.v1.BuilderService", "method": method}
+                    for method in ("Build", "Diagnose", "Replan")
+                ],
+            },
+            {
                 "name": [{}],
                 "retryPolicy": {
                     "maxAttempts": 4,
@@ -31,7 +39,7 @@ _RETRY_SERVICE_CONFIG = json.dumps(
                     "backoffMultiplier": 2,
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
-            }
+            },
         ],
     }
 )
