@@ -241,3 +241,22 @@ class VectorStore:
             return 0
         with self._guard():
             return int(self._client.count(collection, exact=True).count)
+
+    def delete(self, collection: str, item_ids: Sequence[str]) -> None:
+        """Remove items by caller id; a missing collection or id is not an error."""
+        if not item_ids or self.info(collection) is None:
+            return
+        with self._guard():
+            self._client.delete(
+                collection,
+                points_selector=models.PointIdsList(points=[point_id(i) for i in item_ids]),
+                wait=True,
+            )
+
+    def get(self, collection: str, item_id: str) -> StoredItem | None:
+        """One item by caller id, or None."""
+        if self.info(collection) is None:
+            return None
+        with self._guard():
+            records = self._client.retrieve(collection, [point_id(item_id)], with_payload=True)
+        return _item_from_payload(records[0].payload) if records else None
