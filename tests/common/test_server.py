@@ -7,8 +7,8 @@ import time
 
 import grpc
 import pytest
-from autopack_common.errors import InvalidArgument, NotFound
 from autopack_common.clients import CHANNEL_OPTIONS
+from autopack_common.errors import InvalidArgument, NotFound
 from autopack_common.server import MAX_MESSAGE_BYTES, ServiceBinding, create_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc

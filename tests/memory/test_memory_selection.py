@@ -139,7 +139,7 @@ def test_without_embeddings_selection_is_lexical_and_says_why() -> None:
 
     assert selection.mode is SelectionMode.LEXICAL
     assert selection.fallback_reason == "embeddings disabled"
-    assert [f.path for f in selection.kept][0] == "csv_reader.py"
+    assert selection.kept[0].path == "csv_reader.py"
     assert selection.kept[0].reason == "ranked 1"
 
 

@@ -6,6 +6,7 @@ Field names in errors are the request's (``items[2].id``) so a caller can fix it
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -17,7 +18,16 @@ from autopack_memory.ranking import Hints, lexical_scores
 from autopack_memory.records import ProjectMemory
 from autopack_memory.selection import DEFAULT_MAX_SUMMARIES, Candidate, ContextSelector, Selection
 from autopack_memory.store import IndexChange, WorkspaceIndex, content_sha256
-from autopack_memory.vectors import COLLECTION_NAME, METADATA_KEY, ScoredItem, StoredItem, VectorStore
+from autopack_memory.vectors import (
+    COLLECTION_NAME,
+    METADATA_KEY,
+    ScoredItem,
+    StoredItem,
+    VectorStore,
+    VectorStoreDown,
+)
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SEARCH_LIMIT = 5
 # A larger limit is served as this many: "maximum hits" is still honoured.
@@ -36,12 +46,14 @@ NO_EMBEDDINGS_MODEL = "none"
 class UpsertResult:
     upserted: int
     embedding_model: str
+    degraded: bool = False
 
 
 @dataclass(frozen=True)
 class SearchResult:
     hits: list[ScoredItem]
     lexical: bool
+    degraded: bool = False
 
 
 def validate_collection(collection: str, field: str = "collection") -> None:
@@ -119,7 +131,16 @@ class Memory:
                 raise InvalidArgument(f"items[{index}].id", f"duplicate of items[{seen[item.id]}].id")
             seen[item.id] = index
             validate_metadata(item.metadata, f"items[{index}].metadata")
+        try:
+            return self._upsert(collection, items)
+        except VectorStoreDown as error:
+            # Memory is best effort: a phase must not fail because Qdrant is down.
+            log.warning(
+                "vector store unavailable, %d item(s) of %r not stored: %s", len(items), collection, error
+            )
+            return UpsertResult(upserted=0, embedding_model=self.embedding_model, degraded=True)
 
+    def _upsert(self, collection: str, items: Sequence[StoredItem]) -> UpsertResult:
         existing = self._vectors.info(collection)
         if existing is not None:
             self._vectors.check_compatible(collection, existing, self._dimension, self.embedding_model)
@@ -144,7 +165,15 @@ class Memory:
             raise InvalidArgument("limit", "must be >= 0 (0 means the default of 5)")
         validate_metadata(conditions or {}, "filter")
         limit = min(limit or DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT)
+        try:
+            return self._search(collection, query, limit, conditions)
+        except VectorStoreDown as error:
+            log.warning("vector store unavailable, search of %r answered with no hits: %s", collection, error)
+            return SearchResult(hits=[], lexical=True, degraded=True)
 
+    def _search(
+        self, collection: str, query: str, limit: int, conditions: Mapping[str, str] | None
+    ) -> SearchResult:
         info = self._vectors.info(collection)
         if info is None:
             return SearchResult(hits=[], lexical=self._embedder is None)

@@ -17,12 +17,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from autopack_common.errors import InvalidArgument, Unavailable
+from autopack_common.errors import InvalidArgument
 
 from autopack_memory.embedding import CachingEmbedder, EmbeddingUnavailable
 from autopack_memory.ranking import lexical_scores
 from autopack_memory.store import RecordRow, RecordStore
-from autopack_memory.vectors import METADATA_KEY, StoredItem, VectorStore
+from autopack_memory.vectors import METADATA_KEY, StoredItem, VectorStore, VectorStoreDown
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class ProjectMemory:
                 metadata={"project": row.project, "kind": row.kind, "run_id": row.run_id},
             )
             self._vectors.upsert(collection, [item], vector)
-        except (Unavailable, EmbeddingUnavailable) as error:
+        except (VectorStoreDown, EmbeddingUnavailable) as error:
             log.warning("record %s kept without its vector (recall is lexical for it): %s", row.id, error)
             return False
         return True
@@ -173,7 +173,7 @@ class ProjectMemory:
                 return RecallResult(
                     self._semantic(project, query, kinds, limit, exclude_run_id, now), lexical=False
                 )
-            except (Unavailable, EmbeddingUnavailable) as error:
+            except (VectorStoreDown, EmbeddingUnavailable) as error:
                 log.warning("recall for %r is lexical: %s", project[:64], error)
         rows = self._store.alive(project, [kind.value for kind in kinds], now, exclude_run_id)
         scores = lexical_scores(query, [row.text for row in rows])
@@ -208,6 +208,6 @@ class ProjectMemory:
         for kind, ids in by_kind.items():
             try:
                 self._vectors.delete(collection_of(RecordKind(kind)), ids)
-            except Unavailable as error:  # recall reads the table, so a stale vector is never returned
+            except VectorStoreDown as error:  # recall reads the table, so a stale vector is never returned
                 log.warning("expired vectors of %d record(s) left in Qdrant: %s", len(ids), error)
         return len(expired)

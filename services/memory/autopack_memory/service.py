@@ -89,7 +89,10 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         result = self._memory.upsert(request.collection, items)
         span.set_attribute("autopack.memory.upserted", result.upserted)
         span.set_attribute("autopack.memory.embedding_model", result.embedding_model)
-        return memory_pb2.UpsertResponse(upserted=result.upserted, embedding_model=result.embedding_model)
+        span.set_attribute("autopack.memory.degraded", result.degraded)
+        return memory_pb2.UpsertResponse(
+            upserted=result.upserted, embedding_model=result.embedding_model, degraded=result.degraded
+        )
 
     def Search(
         self, request: memory_pb2.SearchRequest, context: grpc.ServicerContext
@@ -99,7 +102,9 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         result = self._memory.search(request.collection, request.query, request.limit, dict(request.filter))
         span.set_attribute("autopack.memory.hits", len(result.hits))
         span.set_attribute("autopack.memory.mode", "lexical" if result.lexical else "semantic")
+        span.set_attribute("autopack.memory.degraded", result.degraded)
         return memory_pb2.SearchResponse(
+            degraded=result.degraded,
             hits=[
                 memory_pb2.SearchHit(
                     item=memory_pb2.MemoryItem(
@@ -108,7 +113,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
                     score=hit.score,
                 )
                 for hit in result.hits
-            ]
+            ],
         )
 
     def SelectContext(

@@ -33,6 +33,10 @@ _POINT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://autopack.dev/memory/v
 _SCROLL_PAGE = 256
 
 
+class VectorStoreDown(Unavailable):
+    """Qdrant cannot be reached or failed: callers may degrade instead of failing."""
+
+
 def point_id(item_id: str) -> str:
     """The Qdrant point id of a caller's item id (stable across processes and versions)."""
     return str(uuid.uuid5(_POINT_NAMESPACE, item_id))
@@ -114,10 +118,10 @@ class VectorStore:
             try:
                 yield
             except ResponseHandlingException as error:
-                raise Unavailable(f"Qdrant is unreachable: {error}") from error
+                raise VectorStoreDown(f"Qdrant is unreachable: {error}") from error
             except UnexpectedResponse as error:
                 if error.status_code is not None and error.status_code >= 500:
-                    raise Unavailable(f"Qdrant answered {error.status_code}") from error
+                    raise VectorStoreDown(f"Qdrant answered {error.status_code}") from error
                 raise
 
     def close(self) -> None:
