@@ -13,9 +13,12 @@ service's estimate). Against, in the same run and over the same candidates:
 * random: files in a seeded random order, packed the same way (mean of 5 seeds).
 
 The service is measured through its domain (``ContextSelector``), lexical (no embeddings) and
-hybrid (the packaged MiniLM). "kept" counts whole files only; "+outlines" also counts files
-given as an outline because they did not fit whole. Commits are split by the parity of their
-id: the ranking's weights were chosen looking at the "tuning" half only; "held-out" is the other.
+hybrid (the packaged MiniLM). Plain rows count whole files kept (the default: outlines only get
+what whole files leave). "10% outlines" rows hold 10% of the budget back for outlines of files
+too big to keep whole; "kept+outlines" also counts those. Commits are split by the parity of
+their id into "tuning" and "held-out": settings (RRF k, packing exponent, semantic top-k) were
+picked by their tuning-half figures, though both halves were printed while developing, so the
+held-out half is only a partial guard against overfitting this one repository.
 
 Latency: SelectContext over a real gRPC channel with 100 candidate files taken from the
 dataset's last snapshot. Cold = a fresh service state for every call (empty embedding cache,
@@ -45,6 +48,7 @@ DATA = Path(__file__).resolve().parent / "data" / "autopack_history.json.gz"
 BUDGETS = (8_000, 16_000, 32_000)
 RANDOM_SEEDS = 5
 LATENCY_FILES = 100
+OUTLINE_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -146,10 +150,14 @@ def recall_section(quick: bool) -> Section:
             add("random", budget, task, statistics.fmean(randoms))
             for name, selector in selectors.items():
                 selection = selector.select(task.message, candidates, budget)
-                kept = {choice.path for choice in selection.kept}
-                outlined = {choice.path for choice in selection.summarized}
-                add(f"{name} (kept)", budget, task, _recall(kept, task))
-                add(f"{name} (+outlines)", budget, task, _recall(kept | outlined, task))
+                add(name, budget, task, _recall({choice.path for choice in selection.kept}, task))
+            # The outline trade-off: 10% of the budget held back for outlines of files too big to keep.
+            name, selector = list(selectors.items())[-1]
+            selection = selector.select(task.message, candidates, budget, outline_share=OUTLINE_SHARE)
+            kept = {choice.path for choice in selection.kept}
+            outlined = {choice.path for choice in selection.summarized}
+            add(f"{name}, 10% outlines (kept)", budget, task, _recall(kept, task))
+            add(f"{name}, 10% outlines (kept+outlines)", budget, task, _recall(kept | outlined, task))
 
     section = Section(
         title=f"Memory: context recall on {len(tasks)} real commits of {source} (message -> modified files)",
@@ -175,8 +183,9 @@ def recall_section(quick: bool) -> Section:
                 [method, f"{split} ({count})", *(f"{v:.3f}" for v in values), *(f"{r:.2f}" for r in ratios)]
             )
     section.notes.append(
-        "kept = whole files within the budget; +outlines = also files given as their outline (signatures) "
-        "because they did not fit whole. BM25 = bm25s over path+content, greedy by score."
+        "Recall counts whole files kept within the budget (the default: outlines only in what whole files leave). "
+        "'10% outlines': summary_budget_percent=10; 'kept+outlines' also counts files given as their outline "
+        "(signatures) because they did not fit whole. BM25 = bm25s over path+content, greedy by score."
     )
     if embedder is None:
         section.notes.append("hybrid rows missing: the MiniLM model could not be loaded")
