@@ -7,8 +7,9 @@ import time
 
 import grpc
 import pytest
+from autopack_common.clients import CHANNEL_OPTIONS
 from autopack_common.errors import InvalidArgument, NotFound
-from autopack_common.server import ServiceBinding, create_server
+from autopack_common.server import MAX_MESSAGE_BYTES, ServiceBinding, create_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -72,6 +73,20 @@ def test_domain_errors_become_status_codes_with_the_message() -> None:
         with pytest.raises(grpc.RpcError) as missing:
             call(b"other", timeout=5)
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        running.stop(0)
+
+
+def test_requests_up_to_the_clients_64_mib_limit_are_accepted_and_larger_ones_refused() -> None:
+    running = create_server([_echo_binding(lambda request, context: len(request).to_bytes(8, "big"))])
+    try:
+        channel = grpc.insecure_channel(running.address, options=CHANNEL_OPTIONS)
+        call = channel.unary_unary(f"/{SERVICE}/Call")
+        twenty_mib = b"x" * (20 * 1024 * 1024)  # five times gRPC's 4 MiB server default
+        assert int.from_bytes(call(twenty_mib, timeout=30), "big") == len(twenty_mib)
+        with pytest.raises(grpc.RpcError) as too_big:
+            call(b"x" * (MAX_MESSAGE_BYTES + 1), timeout=30)
+        assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         running.stop(0)
 

@@ -1,4 +1,4 @@
-"""Context selection without a server: packing, reasons, lexical ranking and fallback."""
+"""Context selection without a server: packing, outlines, reasons, ranking modes and fallback."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from autopack_memory.selection import (
     Candidate,
     ContextSelector,
     SelectionMode,
-    chunk_text,
     estimate_tokens,
     lexical_scores,
     pack,
@@ -64,14 +63,56 @@ def test_a_pinned_file_larger_than_the_budget_is_omitted_with_its_reason() -> No
     assert [f.path for f in selection.kept] == ["small.py"]
 
 
-def test_equal_scores_keep_the_callers_order() -> None:
+def test_equal_scores_break_ties_by_path_whatever_the_input_order() -> None:
     candidates = [_file(name, 1) for name in ("z.py", "a.py", "m.py")]
     selection = pack(candidates, [0.5, 0.5, 0.5], token_budget=10)
-    assert [f.path for f in selection.kept] == ["z.py", "a.py", "m.py"]
+    assert [f.path for f in selection.kept] == ["a.py", "m.py", "z.py"]
+    reversed_selection = pack(candidates[::-1], [0.5, 0.5, 0.5], token_budget=10)
+    assert reversed_selection.kept == selection.kept
+
+
+def test_a_much_larger_file_needs_a_clearly_better_rank_to_displace_smaller_ones() -> None:
+    # Rank 1 is 200x the size of rank 2: rank 2 goes first, and rank 1 no longer fits.
+    candidates = [_file("huge.py", 2000), _file("b.py", 10)]
+    selection = pack(candidates, [0.9, 0.8], token_budget=2005)
+    assert [(f.path, f.reason) for f in selection.kept] == [("b.py", "ranked 2")]
+    assert [(f.path, f.reason) for f in selection.omitted] == [("huge.py", "over budget (ranked 1)")]
+    # Of similar sizes, rank decides.
+    similar = [_file("a.py", 40), _file("b.py", 30), _file("c.py", 30)]
+    assert [f.path for f in pack(similar, [0.9, 0.8, 0.7], token_budget=75).kept] == ["a.py", "b.py"]
+
+
+def test_files_that_do_not_fit_whole_are_given_as_outlines_within_the_budget() -> None:
+    candidates = [_file("big.py", 1000), _file("small.py", 100), _file("other.py", 100)]
+    outlines = ["1: def alpha()\n2: def beta()\n", "", "1: def gamma()\n"]
+
+    selection = pack(candidates, [0.9, 0.5, 0.1], 400, outlines, max_summaries=8, outline_share=0.1)
+
+    assert [f.path for f in selection.kept] == ["small.py", "other.py"]
+    assert [(f.path, f.reason, f.summary) for f in selection.summarized] == [
+        ("big.py", "summarised (ranked 1)", outlines[0])
+    ]
+    assert selection.used_tokens == 200 + estimate_tokens(outlines[0]) <= 400
+    assert selection.omitted == []
+    # No outlines asked for: the big file is omitted, as before.
+    plain = pack(candidates, [0.9, 0.5, 0.1], 400)
+    assert [(f.path, f.reason) for f in plain.omitted] == [("big.py", "over budget (ranked 1)")]
+    assert plain.summarized == []
+
+
+def test_an_outline_too_long_for_what_is_left_is_cut_on_a_line_and_says_so() -> None:
+    candidates = [_file("big.py", 5000)]
+    outline = "".join(f"{n}: def function_number_{n}(argument)\n" for n in range(400))
+    selection = pack(candidates, [1.0], 300, [outline], max_summaries=1)
+    (summary,) = selection.summarized
+    assert summary.tokens <= 300 and selection.used_tokens == summary.tokens
+    assert summary.summary.startswith("0: def function_number_0(argument)\n")
+    assert summary.summary.rstrip().endswith("more outline lines")
 
 
 def test_terms_split_identifiers_and_meet_across_inflections() -> None:
-    assert terms("CsvReader.parseRows") == terms("csv reader parse rows")
+    assert set(terms("csv reader parse rows")) < set(terms("CsvReader.parseRows"))
+    assert {"csvreader", "parserows"} <= set(terms("CsvReader.parseRows"))  # compounds stay whole too
     assert terms("parsing the rows") == terms("parser row")
 
 
@@ -88,17 +129,6 @@ def test_lexical_scores_prefer_the_file_about_the_query() -> None:
     assert lexical_scores("the of and", documents) == [0.0, 0.0, 0.0]
 
 
-def test_chunks_are_line_aligned_bounded_and_capped() -> None:
-    text = "".join(f"line {n:03d}\n" for n in range(100))  # 9 chars a line
-    chunks = chunk_text(text, chunk_chars=100, max_chunks=3)
-    assert len(chunks) == 3
-    assert all(len(chunk) <= 100 for chunk in chunks)
-    assert all(chunk.endswith("\n") for chunk in chunks)
-    assert "".join(chunks) == text[: len("".join(chunks))]
-    assert chunk_text("y" * 250, chunk_chars=100, max_chunks=5) == ["y" * 100, "y" * 100, "y" * 50]
-    assert chunk_text("", chunk_chars=100, max_chunks=5) == [""]
-
-
 def test_without_embeddings_selection_is_lexical_and_says_why() -> None:
     selector = ContextSelector(embedder=None)
     candidates = [
@@ -109,43 +139,38 @@ def test_without_embeddings_selection_is_lexical_and_says_why() -> None:
 
     assert selection.mode is SelectionMode.LEXICAL
     assert selection.fallback_reason == "embeddings disabled"
-    assert [f.path for f in selection.kept] == ["csv_reader.py", "logo_renderer.py"]
+    assert selection.kept[0].path == "csv_reader.py"
     assert selection.kept[0].reason == "ranked 1"
 
 
 def test_cap_exceeded_ranks_lexically_and_spends_the_cap_warming_the_cache(hashing_embedder) -> None:  # type: ignore[no-untyped-def]
-    selector = ContextSelector(CachingEmbedder(hashing_embedder, cache=None), max_embeddings_per_call=2)
-    candidates = [Candidate(f"f{n}.py", f"content {n}") for n in range(3)]  # query + 3 files = 4 > 2
+    caching = CachingEmbedder(hashing_embedder, cache=None)
+    selector = ContextSelector(caching, max_embeddings_per_call=2)
+    candidates = [Candidate(f"f{n}.py", f"content {n}") for n in range(3)]  # query + 3 cards = 4 > 2
 
     selection = selector.select("content", candidates, token_budget=100)
 
     assert selection.mode is SelectionMode.LEXICAL
     assert selection.fallback_reason == "4 new embeddings needed, cap 2"
-    assert hashing_embedder.embedded == ["content", "f0.py\ncontent 0"]  # never more than the cap
+    assert len(hashing_embedder.embedded) == 2  # never more than the cap
+    assert hashing_embedder.embedded[0] == "content"
     assert selection.embeddings_computed == 2
     assert len(selection.kept) == 3
 
 
-def test_later_chunks_are_embedded_breadth_first_within_the_cap(hashing_embedder) -> None:  # type: ignore[no-untyped-def]
-    selector = ContextSelector(
-        CachingEmbedder(hashing_embedder, cache=None),
-        max_embeddings_per_call=5,
-        chunk_chars=100,
-        max_chunks_per_file=3,
-    )
-    long = "".join(f"{word} " * 15 + "\n" for word in ("aaaa", "bbbb", "cccc"))  # 3 chunks each
-    candidates = [Candidate("x.py", long), Candidate("y.py", long)]
+def test_only_the_lexical_top_k_is_embedded_so_the_cost_does_not_depend_on_the_cache(
+    hashing_embedder,
+) -> None:  # type: ignore[no-untyped-def]
+    selector = ContextSelector(CachingEmbedder(hashing_embedder, cache=None), semantic_top_k=3)
+    candidates = [Candidate(f"f{n:02d}.py", f"def handler_{n}(): return {n}\n") for n in range(20)]
+    candidates.append(Candidate("target.py", "def parse_invoice(): pass\n"))
 
-    selection = selector.select("cccc", candidates, token_budget=10_000)
+    selection = selector.select("parse invoice", candidates, token_budget=10_000)
 
     assert selection.mode is SelectionMode.SEMANTIC
-    assert selection.embeddings_computed == 5  # query + 2 heads + the 2nd chunk of each file
-    assert [text.split("\n")[1].split()[0] for text in hashing_embedder.embedded[1:]] == [
-        "aaaa",
-        "aaaa",
-        "bbbb",
-        "bbbb",
-    ]
+    assert selection.embeddings_computed == 1 + 3  # the query and three file cards
+    assert hashing_embedder.embedded[1].startswith("target.py\n")  # the lexical best is among them
+    assert selection.kept[0].path == "target.py"
 
 
 @pytest.mark.parametrize(("cap", "mode"), [(-1, SelectionMode.SEMANTIC), (0, SelectionMode.LEXICAL)])
@@ -157,22 +182,18 @@ def test_cap_minus_one_is_unlimited_and_zero_disables(
     assert selector.select("content", candidates, token_budget=10_000).mode is mode
 
 
-def test_semantic_selection_scores_a_file_by_its_best_chunk(hashing_embedder) -> None:
-    selector = ContextSelector(
-        CachingEmbedder(hashing_embedder, cache=None), chunk_chars=100, max_chunks_per_file=5
-    )
-    filler = "".join(f"unrelated filler words number {n}\n" for n in range(6))
+def test_the_same_inputs_give_the_same_selection_cold_or_warm_and_in_any_order(hashing_embedder) -> None:  # type: ignore[no-untyped-def]
+    selector = ContextSelector(CachingEmbedder(hashing_embedder, cache=None))
     candidates = [
-        Candidate("a.py", filler + "alpha beta gamma\n"),  # the match is in a later chunk
-        Candidate("b.py", "delta epsilon\n"),
+        Candidate(f"pkg/module_{n}.py", f"def function_{n}(value):\n    return value * {n}\n")
+        for n in range(40)
     ]
-    selection = selector.select("alpha beta gamma", candidates, token_budget=10_000)
-
-    assert selection.mode is SelectionMode.SEMANTIC
-    assert selection.fallback_reason is None
-    assert [f.path for f in selection.kept] == ["a.py", "b.py"]
-    assert selection.kept[0].score > 0.5 > selection.kept[1].score
-    assert selection.embeddings_computed == len(hashing_embedder.embedded)
+    candidates.append(Candidate("pkg/pricing.py", "def discount(price, rate):\n    return price * rate\n"))
+    first = selector.select("apply the discount rate to a price", candidates, token_budget=200)
+    again = selector.select("apply the discount rate to a price", candidates[::-1], token_budget=200)
+    assert first.mode is again.mode is SelectionMode.SEMANTIC
+    assert [(f.path, f.score) for f in again.kept] == [(f.path, f.score) for f in first.kept]
+    assert first.kept[0].path == "pkg/pricing.py"
 
 
 def test_unavailable_provider_degrades_to_lexical() -> None:

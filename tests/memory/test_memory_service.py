@@ -242,3 +242,105 @@ def test_concurrent_calls_share_the_model_cache_and_store_safely(stub) -> None: 
         memory_pb2.SearchRequest(collection="busy", query="note", limit=100), timeout=TIMEOUT
     ).hits
     assert sorted(hit.item.id for hit in hits) == sorted(f"item-{n}" for n in range(16))
+
+
+def test_index_workspace_then_select_context_by_reference(stub) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+
+    big = '"""Long module."""\n' + "".join(
+        f"def step_{n}(rows):\n    return rows[{n}:]\n\n" for n in range(400)
+    )
+    files = {
+        "etl/csv_reader.py": "def read_rows(path):\n    '''Parse each CSV row.'''\n    return []\n",
+        "etl/pipeline.py": big,
+        "ui/logo.py": "def draw_logo():\n    pass\n",
+    }
+    first = stub.IndexWorkspace(
+        memory_pb2.IndexWorkspaceRequest(
+            workspace="ws-1",
+            files=[memory_pb2.WorkspaceFile(path=p, content=t) for p, t in files.items()],
+        ),
+        timeout=TIMEOUT,
+    )
+    assert (first.files, first.updated) == (3, 3)
+    again = stub.IndexWorkspace(
+        memory_pb2.IndexWorkspaceRequest(
+            workspace="ws-1",
+            files=[
+                memory_pb2.WorkspaceFile(path=p, content_sha256=hashlib.sha256(t.encode()).hexdigest())
+                for p, t in files.items()
+            ],
+        ),
+        timeout=TIMEOUT,
+    )
+    assert (again.unchanged, again.needs_content) == (3, [])
+
+    reply = stub.SelectContext(
+        memory_pb2.SelectContextRequest(
+            query="parse CSV rows in the pipeline steps",
+            workspace="ws-1",
+            token_budget=400,
+            summary_budget_percent=50,
+        ),
+        timeout=TIMEOUT,
+    )
+    assert reply.kept[0].path == "etl/csv_reader.py"
+    assert [s.path for s in reply.summarized] == ["etl/pipeline.py"]
+    assert reply.summarized[0].summary.startswith("# outline of etl/pipeline.py")
+    assert reply.used_tokens <= 400
+    with pytest.raises(grpc.RpcError) as missing:
+        stub.SelectContext(
+            memory_pb2.SelectContextRequest(query="q", workspace="nope", token_budget=10), timeout=TIMEOUT
+        )
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    _invalid(
+        stub.IndexWorkspace,
+        memory_pb2.IndexWorkspaceRequest(workspace="ws-1", files=[memory_pb2.WorkspaceFile(path="a.py")]),
+        "files[0].content_sha256",
+    )
+
+
+def test_remember_recall_prune_across_runs(stub) -> None:  # type: ignore[no-untyped-def]
+    record = memory_pb2.ProjectRecord(
+        project="github.com/acme/shop",
+        kind=memory_pb2.RECORD_KIND_ERROR_PATTERN,
+        text="ModuleNotFoundError for shop.api: fixed by adding shop/__init__.py",
+        run_id="run-1",
+    )
+    remembered = stub.Remember(memory_pb2.RememberRequest(record=record), timeout=TIMEOUT)
+    assert remembered.indexed and len(remembered.id) == 32
+    recalled = stub.Recall(
+        memory_pb2.RecallRequest(project="github.com/acme/shop", query="ModuleNotFoundError shop.api"),
+        timeout=TIMEOUT,
+    )
+    assert recalled.mode == memory_pb2.SELECTION_MODE_SEMANTIC
+    assert [hit.record.id for hit in recalled.hits] == [remembered.id]
+    assert recalled.hits[0].record.expires_at - recalled.hits[0].record.created_at == 30 * 24 * 3600
+    assert stub.Prune(memory_pb2.PruneRequest(), timeout=TIMEOUT).deleted == 0
+    _invalid(
+        stub.Remember,
+        memory_pb2.RememberRequest(record=memory_pb2.ProjectRecord(project="p", text="t")),
+        "record.kind",
+    )
+    _invalid(
+        stub.Recall,
+        memory_pb2.RecallRequest(project="p", query="q", kinds=[memory_pb2.RECORD_KIND_UNSPECIFIED]),
+        "kinds[0]",
+    )
+
+
+def test_check_drift_against_the_stored_intention(stub) -> None:  # type: ignore[no-untyped-def]
+    stub.Upsert(
+        memory_pb2.UpsertRequest(collection="intentions", items=_items(("run-7", *INTENTION[1:]))),
+        timeout=TIMEOUT,
+    )
+    reply = stub.CheckDrift(
+        memory_pb2.CheckDriftRequest(
+            run_id="run-7", change_summary="Drew a new company logo for the website"
+        ),
+        timeout=TIMEOUT,
+    )
+    assert reply.verdict == memory_pb2.DRIFT_VERDICT_ADVISORY
+    assert reply.similarity < reply.threshold == 0.5
+    assert reply.intention == INTENTION[1]
+    _invalid(stub.CheckDrift, memory_pb2.CheckDriftRequest(run_id="run-7"), "change_summary")

@@ -180,7 +180,7 @@ def test_a_collection_without_vectors_is_searched_lexically_and_not_mixed(
         vectors.close()
 
 
-def test_an_unreachable_qdrant_server_is_unavailable(hashing_embedder) -> None:  # type: ignore[no-untyped-def]
+def test_an_unreachable_qdrant_server_degrades_memory_instead_of_failing(hashing_embedder) -> None:  # type: ignore[no-untyped-def]
     import socket
 
     with socket.socket() as probe:  # a loopback port nobody listens on
@@ -191,8 +191,11 @@ def test_an_unreachable_qdrant_server_is_unavailable(hashing_embedder) -> None: 
     memory = Memory(caching, vectors, ContextSelector(caching))
     try:
         with pytest.raises(Unavailable, match="Qdrant is unreachable"):
-            memory.search("notes", "anything")
-        with pytest.raises(Unavailable):
-            memory.upsert("notes", ITEMS)
+            vectors.info("notes")  # the store says what is wrong...
+        found = memory.search("notes", "anything")  # ...and memory degrades, so no phase fails on it
+        assert (found.hits, found.lexical, found.degraded) == ([], True, True)
+        stored = memory.upsert("notes", ITEMS)
+        assert (stored.upserted, stored.degraded) == (0, True)
+        assert hashing_embedder.embedded == []  # nothing embedded for a store that cannot keep it
     finally:
         vectors.close()

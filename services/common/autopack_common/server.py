@@ -129,6 +129,9 @@ def create_server(
             ("grpc.so_reuseport", 0),
             ("grpc.max_connection_age_ms", 300_000),
             ("grpc.max_connection_age_grace_ms", 30_000),
+            # The clients' limit (clients.CHANNEL_OPTIONS); gRPC's server default is 4 MiB.
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
     health_servicer = health.HealthServicer(

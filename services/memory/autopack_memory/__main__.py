@@ -11,12 +11,14 @@ from autopack_common.database import create_db_engine, upgrade_schema
 from autopack_common.server import ServiceBinding
 from sqlalchemy import Engine
 
+from autopack_memory.drift import DriftDetector
 from autopack_memory.embedding import CachingEmbedder, Embedder, LocalEmbedder, OpenAIEmbedder
 from autopack_memory.memory import Memory
+from autopack_memory.records import ProjectMemory
 from autopack_memory.selection import ContextSelector
 from autopack_memory.service import MemoryServicer, memory_binding
 from autopack_memory.settings import MemorySettings
-from autopack_memory.store import EmbeddingCache
+from autopack_memory.store import EmbeddingCache, RecordStore, WorkspaceIndex
 from autopack_memory.vectors import VectorStore
 
 log = logging.getLogger("autopack_memory")
@@ -45,17 +47,21 @@ def load_embedder(settings: MemorySettings) -> Embedder | None:
 
 
 def build_memory(settings: MemorySettings, engine: Engine, embedder: Embedder | None) -> Memory:
-    """Wire the domain: cache on ``engine``, Qdrant from settings, selection limits."""
+    """Wire the domain: cache, workspace indexes and records on ``engine``, Qdrant from settings."""
     caching = CachingEmbedder(embedder, EmbeddingCache(engine)) if embedder else None
     api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
     vectors = VectorStore.open(url=settings.qdrant_url, api_key=api_key, path=settings.resolved_qdrant_path())
     selector = ContextSelector(
-        caching,
-        max_embeddings_per_call=settings.max_embeddings_per_call,
-        chunk_chars=settings.chunk_chars,
-        max_chunks_per_file=settings.max_chunks_per_file,
+        caching, max_embeddings_per_call=settings.max_embeddings_per_call, chunk_chars=settings.chunk_chars
     )
-    return Memory(caching, vectors, selector)
+    return Memory(
+        caching,
+        vectors,
+        selector,
+        workspaces=WorkspaceIndex(engine),
+        records=ProjectMemory(RecordStore(engine), vectors, caching),
+        drift=DriftDetector(vectors, caching, settings.drift_threshold, settings.drift_mode),
+    )
 
 
 def build(settings: MemorySettings) -> tuple[Sequence[ServiceBinding], Sequence[Callable[[], None]]]:

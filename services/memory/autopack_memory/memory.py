@@ -6,14 +6,28 @@ Field names in errors are the request's (``items[2].id``) so a caller can fix it
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from autopack_common.errors import InvalidArgument, Unavailable
+from autopack_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
+from autopack_memory.drift import DriftDetector
 from autopack_memory.embedding import CachingEmbedder, EmbeddingUnavailable
-from autopack_memory.selection import Candidate, ContextSelector, Selection, lexical_scores
-from autopack_memory.vectors import COLLECTION_NAME, METADATA_KEY, ScoredItem, StoredItem, VectorStore
+from autopack_memory.ranking import Hints, lexical_scores
+from autopack_memory.records import ProjectMemory
+from autopack_memory.selection import DEFAULT_MAX_SUMMARIES, Candidate, ContextSelector, Selection
+from autopack_memory.store import IndexChange, WorkspaceIndex, content_sha256
+from autopack_memory.vectors import (
+    COLLECTION_NAME,
+    METADATA_KEY,
+    ScoredItem,
+    StoredItem,
+    VectorStore,
+    VectorStoreDown,
+)
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SEARCH_LIMIT = 5
 # A larger limit is served as this many: "maximum hits" is still honoured.
@@ -21,6 +35,8 @@ MAX_SEARCH_LIMIT = 100
 # Each item is embedded on the request path (~50-100 ms a text on two CPU cores).
 MAX_UPSERT_ITEMS = 256
 MAX_CANDIDATES = 10_000
+MAX_WORKSPACE_CHARS = 512
+_SHA256_HEX = frozenset("0123456789abcdef")
 # Lexical search reads the matching items; beyond this many it needs embeddings.
 LEXICAL_SCAN_LIMIT = 10_000
 NO_EMBEDDINGS_MODEL = "none"
@@ -30,12 +46,14 @@ NO_EMBEDDINGS_MODEL = "none"
 class UpsertResult:
     upserted: int
     embedding_model: str
+    degraded: bool = False
 
 
 @dataclass(frozen=True)
 class SearchResult:
     hits: list[ScoredItem]
     lexical: bool
+    degraded: bool = False
 
 
 def validate_collection(collection: str, field: str = "collection") -> None:
@@ -62,10 +80,28 @@ class Memory:
     are searched lexically, and context selection is lexical.
     """
 
-    def __init__(self, embedder: CachingEmbedder | None, vectors: VectorStore, selector: ContextSelector):
+    def __init__(
+        self,
+        embedder: CachingEmbedder | None,
+        vectors: VectorStore,
+        selector: ContextSelector,
+        workspaces: WorkspaceIndex | None = None,
+        records: ProjectMemory | None = None,
+        drift: DriftDetector | None = None,
+    ):
         self._embedder = embedder
         self._vectors = vectors
         self._selector = selector
+        self._workspaces = workspaces
+        self._records = records
+        self.drift = drift or DriftDetector(vectors, embedder)
+
+    @property
+    def records(self) -> ProjectMemory:
+        """Project records across runs; FAILED_PRECONDITION when no database was configured."""
+        if self._records is None:
+            raise FailedPrecondition("project records are not configured")
+        return self._records
 
     @property
     def embedding_model(self) -> str:
@@ -95,7 +131,16 @@ class Memory:
                 raise InvalidArgument(f"items[{index}].id", f"duplicate of items[{seen[item.id]}].id")
             seen[item.id] = index
             validate_metadata(item.metadata, f"items[{index}].metadata")
+        try:
+            return self._upsert(collection, items)
+        except VectorStoreDown as error:
+            # Memory is best effort: a phase must not fail because Qdrant is down.
+            log.warning(
+                "vector store unavailable, %d item(s) of %r not stored: %s", len(items), collection, error
+            )
+            return UpsertResult(upserted=0, embedding_model=self.embedding_model, degraded=True)
 
+    def _upsert(self, collection: str, items: Sequence[StoredItem]) -> UpsertResult:
         existing = self._vectors.info(collection)
         if existing is not None:
             self._vectors.check_compatible(collection, existing, self._dimension, self.embedding_model)
@@ -120,7 +165,15 @@ class Memory:
             raise InvalidArgument("limit", "must be >= 0 (0 means the default of 5)")
         validate_metadata(conditions or {}, "filter")
         limit = min(limit or DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT)
+        try:
+            return self._search(collection, query, limit, conditions)
+        except VectorStoreDown as error:
+            log.warning("vector store unavailable, search of %r answered with no hits: %s", collection, error)
+            return SearchResult(hits=[], lexical=True, degraded=True)
 
+    def _search(
+        self, collection: str, query: str, limit: int, conditions: Mapping[str, str] | None
+    ) -> SearchResult:
         info = self._vectors.info(collection)
         if info is None:
             return SearchResult(hits=[], lexical=self._embedder is None)
@@ -141,12 +194,26 @@ class Memory:
         ranked = sorted(zip(items, scores, strict=True), key=lambda pair: -pair[1])
         return [ScoredItem(item, score) for item, score in ranked[:limit] if score > 0]
 
-    def select_context(self, query: str, candidates: Sequence[Candidate], token_budget: int) -> Selection:
-        """Rank candidate files for the phase and keep what fits ``token_budget``."""
+    def select_context(
+        self,
+        query: str,
+        candidates: Sequence[Candidate],
+        token_budget: int,
+        workspace: str = "",
+        pinned_paths: Sequence[str] = (),
+        scope_paths: Sequence[str] = (),
+        max_summaries: int = 0,
+        summary_budget_percent: int = 0,
+    ) -> Selection:
+        """Rank candidate files (given, or an indexed workspace's) and keep what fits ``token_budget``."""
         if not query.strip():
             raise InvalidArgument("query", "required")
         if token_budget <= 0:
             raise InvalidArgument("token_budget", "required and must be > 0")
+        if max_summaries < -1:
+            raise InvalidArgument("max_summaries", "must be -1 (none), 0 (default) or a positive count")
+        if not 0 <= summary_budget_percent <= 50:
+            raise InvalidArgument("summary_budget_percent", "must be 0-50")
         if len(candidates) > MAX_CANDIDATES:
             raise InvalidArgument("candidates", f"at most {MAX_CANDIDATES} files, got {len(candidates)}")
         seen: dict[str, int] = {}
@@ -158,4 +225,61 @@ class Memory:
                     f"candidates[{index}].path", f"duplicate of candidates[{seen[candidate.path]}].path"
                 )
             seen[candidate.path] = index
-        return self._selector.select(query, candidates, token_budget)
+        if workspace:
+            if candidates:
+                raise InvalidArgument("candidates", "must be empty when workspace is given")
+            candidates = self._indexed_candidates(workspace, pinned_paths)
+        pinned = [c.path for c in candidates if c.pinned] if not workspace else list(pinned_paths)
+        hints = Hints(scope_paths=list(scope_paths), pinned_paths=pinned)
+        summaries = DEFAULT_MAX_SUMMARIES if max_summaries == 0 else max(max_summaries, 0)
+        return self._selector.select(
+            query, candidates, token_budget, hints, summaries, outline_share=summary_budget_percent / 100
+        )
+
+    def _indexed_candidates(self, workspace: str, pinned_paths: Sequence[str]) -> list[Candidate]:
+        if self._workspaces is None:
+            raise FailedPrecondition("workspace indexes are not configured")
+        files = self._workspaces.files(workspace)
+        if files is None:
+            raise NotFound(f"workspace {workspace[:80]!r} is not indexed: call IndexWorkspace first")
+        if len(files) > MAX_CANDIDATES:
+            raise FailedPrecondition(
+                f"workspace holds {len(files)} files, at most {MAX_CANDIDATES} can be ranked"
+            )
+        pinned = set(pinned_paths)
+        return [Candidate(path=path, content=content, pinned=path in pinned) for path, content in files]
+
+    def index_workspace(
+        self, workspace: str, files: Sequence[tuple[str, str, str]], replace: bool = False
+    ) -> IndexChange:
+        """Record (path, sha256, content) entries of a workspace; content may be empty when the hash is known."""
+        if self._workspaces is None:
+            raise FailedPrecondition("workspace indexes are not configured")
+        if not workspace:
+            raise InvalidArgument("workspace", "required")
+        if len(workspace) > MAX_WORKSPACE_CHARS:
+            raise InvalidArgument("workspace", f"at most {MAX_WORKSPACE_CHARS} characters")
+        if len(files) > MAX_CANDIDATES:
+            raise InvalidArgument("files", f"at most {MAX_CANDIDATES} files, got {len(files)}")
+        entries: list[tuple[str, str, str | None]] = []
+        seen: dict[str, int] = {}
+        for index, (path, sha, content) in enumerate(files):
+            if not path or len(path) > 1024:
+                raise InvalidArgument(f"files[{index}].path", "required, at most 1024 characters")
+            if path in seen:
+                raise InvalidArgument(f"files[{index}].path", f"duplicate of files[{seen[path]}].path")
+            seen[path] = index
+            sha = sha.lower()
+            if content:
+                actual = content_sha256(content)
+                if sha and sha != actual:
+                    raise InvalidArgument(f"files[{index}].content_sha256", "does not match the content")
+                entries.append((path, actual, content))
+            elif len(sha) == 64 and set(sha) <= _SHA256_HEX:
+                # The empty file's hash is always known: it is the empty content.
+                entries.append((path, sha, "" if sha == content_sha256("") else None))
+            else:
+                raise InvalidArgument(
+                    f"files[{index}].content_sha256", "required (64 hex digits) without content"
+                )
+        return self._workspaces.update(workspace, entries, replace)

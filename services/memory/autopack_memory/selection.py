@@ -1,23 +1,24 @@
 """Choosing the context files a phase gets, under a token budget.
 
-Ranking is semantic when embeddings are on: each file is cut into line-aligned chunks
-(the model reads ~256 word pieces, so a whole file would be silently truncated), every
-chunk is embedded as ``path + chunk`` and the file scores its best chunk's cosine with
-the phase query. Vectors come from the persistent cache when the same text was seen before.
+Ranking (see ``ranking.py``) fuses BM25 over whole files and over their structural pieces, the
+path's words, names the task quotes and the caller's hints by reciprocal rank fusion. Every
+file is read whole (``chunking.py``): nothing is judged by its head only.
 
-The per-call cap bounds *new* embeddings (cache misses). The query and every file's first
-chunk are required: if they alone need more than the cap, the call ranks lexically and
-spends the cap warming the cache with them, so retries and later phases over the same
-files converge to semantic ranking. Otherwise later chunks are embedded breadth-first while
-the cap lasts, and a file scores by the chunks that have vectors.
+Embeddings add one more signal, deterministically: the lexical ranking's top
+``SEMANTIC_TOP_K`` files are re-ranked with the cosine of a *file card* (path and outline) to
+the query, so which vectors are needed depends only on the inputs, never on what the cache
+already holds. The per-call cap (seed 003) bounds *new* embeddings (cache misses): ``-1``
+unlimited, ``0`` never embed, ``N`` at most N; if the cards and the query need more, the call
+ranks lexically and spends the cap warming the cache, so a retry ranks the same files with
+the same vectors. Embeddings disabled or unavailable: lexical, never a failed call.
 
-Ranking falls back to lexical (TF-IDF cosine over words, identifiers split) when
-embeddings are disabled, the cap is exceeded or the provider is unavailable: a cold cache
-or a missing model degrades the ranking, never the call.
-
-Packing: pinned files first (they are deliverables the Builder must see), then the rest
-by score; greedy, so a file too big for what is left is skipped and smaller ones after it
-may still fit.
+Packing: pinned files first (they are deliverables the Builder must see), then the rest by
+rank weighed against size (see ``pack``); greedy, so a file too big for what is left is
+skipped and smaller ones after it may still fit. The best-ranked files that do not fit whole
+are summarised (their outline: signatures, headings) in what the whole files leave, or in a
+share of the budget the caller reserves, up to ``max_summaries`` files; summaries are reported
+apart from the kept files so a caller that only reads ``kept`` still gets whole files within
+the budget.
 
 Token estimate: ``ceil(chars / 4)``, the rule the rest of Autopack uses for context. The
 Builder's LLM tokenizer is not known here and MiniLM's WordPiece vocabulary is not it, so
@@ -26,18 +27,35 @@ a model tokenizer would only add cost and false precision.
 
 from __future__ import annotations
 
-import math
-import re
-from collections import Counter
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
-import numpy as np
-
+from autopack_memory.chunking import DEFAULT_MAX_CHARS, analyse, summary
 from autopack_memory.embedding import CachingEmbedder, EmbeddingUnavailable
+from autopack_memory.ranking import (
+    DEFAULT_WEIGHTS,
+    AnalysedFile,
+    Hints,
+    analyse_file,
+    lexical_scores,
+    rank_files,
+    rrf,
+    terms,
+)
+
+__all__ = ["lexical_scores", "terms"]
 
 CHARS_PER_TOKEN = 4
+SEMANTIC_TOP_K = 12
+DEFAULT_MAX_SUMMARIES = 8
+# Packing weighs a file's rank against its size^this (see ``pack``).
+DENSITY_EXPONENT = 0.2
+_CARD_OUTLINE_CHARS = 300
+_ANALYSIS_CACHE_SIZE = 4096
 
 
 def estimate_tokens(text: str) -> int:
@@ -61,12 +79,13 @@ class Candidate:
 
 @dataclass(frozen=True)
 class FileChoice:
-    """A file's result: kept or omitted, with its estimate, score and why."""
+    """A file's result: kept, summarised or omitted, with its estimate, score and why."""
 
     path: str
     tokens: int
     score: float
     reason: str
+    summary: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,234 +99,217 @@ class Selection:
     fallback_reason: str | None = None
     embedding_cache_hits: int = 0
     embeddings_computed: int = 0
+    summarized: list[FileChoice] = field(default_factory=list)
 
 
-# --- lexical ranking --------------------------------------------------------------------
-
-_WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
-_STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "by",
-        "for",
-        "from",
-        "has",
-        "have",
-        "in",
-        "is",
-        "it",
-        "its",
-        "of",
-        "on",
-        "or",
-        "that",
-        "the",
-        "this",
-        "to",
-        "was",
-        "were",
-        "will",
-        "with",
-        "into",
-        "not",
-        "no",
-        "if",
-        "then",
-        "else",
-        "def",
-        "class",
-        "return",
-        "import",
-        "self",
-        "none",
-        "true",
-        "false",
-    ]
-)
+# --- packing ------------------------------------------------------------------------------
 
 
-def _stem(word: str) -> str:
-    """Crude suffix stripping so "rows"/"row" and "parse"/"parses"/"parsing"/"parser" meet."""
-    for suffix in ("ing", "ed", "es", "s"):
-        if word.endswith(suffix) and not word.endswith("ss") and len(word) - len(suffix) >= 3:
-            word = word[: -len(suffix)]
+def _fit_outline(outline: str, max_tokens: int) -> str:
+    """The outline's first lines within ``max_tokens``, saying how many were left out."""
+    if estimate_tokens(outline) <= max_tokens:
+        return outline
+    lines = outline.splitlines(keepends=True)
+    kept: list[str] = []
+    size = 0
+    for line in lines:
+        if estimate_tokens("".join(kept) + line) + 10 > max_tokens:
             break
-    if word.endswith("er") and len(word) >= 5:
-        word = word[:-2]
-    if word.endswith("e") and len(word) > 3:
-        word = word[:-1]
-    return word
+        kept.append(line)
+        size += 1
+    if size <= 1:
+        return ""
+    return "".join(kept) + f"... {len(lines) - size} more outline lines\n"
 
 
-def terms(text: str) -> list[str]:
-    """Words of ``text`` for lexical matching: identifiers split, lower-cased, stemmed."""
-    words = (match.lower() for match in _WORD.findall(text))
-    return [_stem(word) for word in words if len(word) > 1 and word not in _STOPWORDS]
+def pack(
+    candidates: Sequence[Candidate],
+    scores: Sequence[float],
+    token_budget: int,
+    summaries: Sequence[str] | None = None,
+    max_summaries: int = 0,
+    outline_share: float = 0.0,
+) -> Selection:
+    """Pinned files first, then by rank and size, greedily within the budget.
 
-
-def lexical_scores(query: str, documents: Sequence[str]) -> list[float]:
-    """TF-IDF cosine of each document with the query, 0..1 (IDF over these documents)."""
-    query_counts = Counter(terms(query))
-    doc_counts = [Counter(terms(document)) for document in documents]
-    if not query_counts:
-        return [0.0] * len(documents)
-    total = len(doc_counts)
-    frequency: Counter[str] = Counter()
-    for counts in doc_counts:
-        frequency.update(counts.keys())
-
-    def weights(counts: Counter[str]) -> dict[str, float]:
-        return {
-            term: (1.0 + math.log(count)) * (math.log((1 + total) / (1 + frequency[term])) + 1.0)
-            for term, count in counts.items()
-        }
-
-    query_weights = weights(query_counts)
-    query_norm = math.sqrt(sum(value * value for value in query_weights.values()))
-    scores = []
-    for counts in doc_counts:
-        doc_weights = weights(counts)
-        doc_norm = math.sqrt(sum(value * value for value in doc_weights.values()))
-        dot = sum(weight * doc_weights.get(term, 0.0) for term, weight in query_weights.items())
-        scores.append(dot / (query_norm * doc_norm) if doc_norm else 0.0)
-    return scores
-
-
-# --- chunking and packing -----------------------------------------------------------------
-
-
-def chunk_text(text: str, chunk_chars: int, max_chunks: int) -> list[str]:
-    """The first ``max_chunks`` line-aligned pieces of at most ``chunk_chars`` characters.
-
-    Lines longer than a chunk are cut; an empty text gives one empty chunk so every file
-    still has something (its path) to embed.
+    Files are taken by ``1 / (rank * tokens ** DENSITY_EXPONENT)``: mostly rank order, but a
+    file several times larger than the next ones needs a clearly better rank to displace them
+    (chosen on the bench's tuning split; expected recall per token). With ``summaries`` (one
+    outline per file, may be empty), ``outline_share`` of the budget is held back while whole
+    files are packed; then the best-ranked files that did not fit whole get their outline (cut
+    to fit, at most half the file, up to ``max_summaries`` files) in what is left; whatever is
+    still left goes to more whole files. Returns a lexical-mode Selection;
+    callers set the mode they ranked with.
     """
-    chunks: list[str] = []
-    current = ""
-    for line in text.splitlines(keepends=True):
-        while len(line) > chunk_chars:
-            if current:
-                chunks.append(current)
-                current = ""
-            chunks.append(line[:chunk_chars])
-            line = line[chunk_chars:]
-        if current and len(current) + len(line) > chunk_chars:
-            chunks.append(current)
-            current = ""
-        current += line
-        if len(chunks) >= max_chunks:
-            return chunks[:max_chunks]
-    if current:
-        chunks.append(current)
-    return chunks[:max_chunks] or [""]
-
-
-def pack(candidates: Sequence[Candidate], scores: Sequence[float], token_budget: int) -> Selection:
-    """Pinned files first, then by score (ties keep input order), greedily within the budget.
-
-    Returns a lexical-mode Selection; callers set the mode they ranked with.
-    """
-    order = sorted(range(len(candidates)), key=lambda i: (not candidates[i].pinned, -scores[i]))
-    kept: list[FileChoice] = []
-    omitted: list[FileChoice] = []
-    used = 0
+    ranked = sorted(
+        range(len(candidates)), key=lambda i: (not candidates[i].pinned, -scores[i], candidates[i].path)
+    )
+    labels: dict[int, str] = {}
+    priority: dict[int, float] = {}
     rank = 0
-    for index in order:
-        candidate = candidates[index]
-        tokens = estimate_tokens(candidate.content)
-        if candidate.pinned:
-            label = "pinned"
+    for index in ranked:
+        if candidates[index].pinned:
+            labels[index] = "pinned"
+            priority[index] = float("inf")
         else:
             rank += 1
-            label = f"ranked {rank}"
-        score = float(scores[index])
-        if used + tokens <= token_budget:
-            kept.append(FileChoice(candidate.path, tokens, score, label))
-            used += tokens
-        else:
-            omitted.append(FileChoice(candidate.path, tokens, score, f"over budget ({label})"))
-    return Selection(kept=kept, omitted=omitted, used_tokens=used, mode=SelectionMode.LEXICAL)
+            labels[index] = f"ranked {rank}"
+            # Expected relevance ~ 1/rank, per token^DENSITY_EXPONENT: a large file must rank
+            # clearly higher than the several smaller ones it would displace.
+            tokens = max(estimate_tokens(candidates[index].content), 1)
+            priority[index] = 1.0 / (rank * tokens**DENSITY_EXPONENT)
+    position = {index: place for place, index in enumerate(ranked)}
+    order = sorted(ranked, key=lambda i: (-priority[i], position[i]))
+    sizes = [estimate_tokens(candidate.content) for candidate in candidates]
+    outlines = summaries is not None and max_summaries > 0
+    reserve = int(token_budget * outline_share) if outlines else 0
+    whole: set[int] = set()
+    outlined: dict[int, str] = {}
+    used = 0
+
+    def fill(limit: int) -> None:
+        nonlocal used
+        for index in order:
+            if index not in whole and index not in outlined and used + sizes[index] <= limit:
+                whole.add(index)
+                used += sizes[index]
+
+    fill(token_budget - reserve)
+    if outlines:
+        assert summaries is not None
+        for index in ranked:
+            if len(outlined) >= max_summaries:
+                break
+            if index in whole or not summaries[index]:
+                continue
+            cap = min(sizes[index] // 2, token_budget - used)
+            outline = _fit_outline(summaries[index], cap) if cap > 0 else ""
+            if outline:
+                outlined[index] = outline
+                used += estimate_tokens(outline)
+        fill(token_budget)
+
+    def choice(index: int, tokens: int, reason: str, summary: str = "") -> FileChoice:
+        return FileChoice(candidates[index].path, tokens, float(scores[index]), reason, summary)
+
+    kept = [choice(i, sizes[i], labels[i]) for i in order if i in whole]
+    summarized = [
+        choice(i, estimate_tokens(outlined[i]), f"summarised ({labels[i]})", outlined[i])
+        for i in order
+        if i in outlined
+    ]
+    omitted = [
+        choice(i, sizes[i], f"over budget ({labels[i]})")
+        for i in order
+        if i not in whole and i not in outlined
+    ]
+    return Selection(
+        kept=kept, omitted=omitted, used_tokens=used, mode=SelectionMode.LEXICAL, summarized=summarized
+    )
 
 
 # --- the selector -----------------------------------------------------------------------------
 
 
+def _card(analysed: AnalysedFile, content: str) -> str:
+    """What a file is embedded as: its path and outline (or head when it has no outline)."""
+    outline = analysed.structure.outline or content
+    return f"{analysed.path}\n{outline[:_CARD_OUTLINE_CHARS]}"
+
+
 class ContextSelector:
-    """Ranks candidates (semantic or lexical) and packs them into the budget."""
+    """Ranks candidates (hybrid or lexical) and packs them into the budget.
+
+    Analyses (structure, terms) are memoised by path and content hash, so a warm call over the
+    same files only re-ranks. Safe to share between threads.
+    """
 
     def __init__(
         self,
         embedder: CachingEmbedder | None,
         max_embeddings_per_call: int = 64,
-        chunk_chars: int = 800,
-        max_chunks_per_file: int = 4,
+        chunk_chars: int = DEFAULT_MAX_CHARS,
+        semantic_top_k: int = SEMANTIC_TOP_K,
     ) -> None:
         self._embedder = embedder
         self._cap = max_embeddings_per_call
         self._chunk_chars = chunk_chars
-        self._max_chunks = max_chunks_per_file
+        self._top_k = semantic_top_k
+        self._analyses: OrderedDict[tuple[str, str], AnalysedFile] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def select(self, query: str, candidates: Sequence[Candidate], token_budget: int) -> Selection:
-        """Rank and pack; see the module docstring for when ranking is semantic."""
+    def analyse(self, path: str, content: str) -> AnalysedFile:
+        """The file's structure and terms, memoised by (path, sha256 of content)."""
+        key = (path, hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest())
+        with self._lock:
+            found = self._analyses.get(key)
+            if found is not None:
+                self._analyses.move_to_end(key)
+                return found
+        analysed = analyse_file(path, content, analyse(path, content, self._chunk_chars))
+        with self._lock:
+            self._analyses[key] = analysed
+            while len(self._analyses) > _ANALYSIS_CACHE_SIZE:
+                self._analyses.popitem(last=False)
+        return analysed
+
+    def select(
+        self,
+        query: str,
+        candidates: Sequence[Candidate],
+        token_budget: int,
+        hints: Hints | None = None,
+        max_summaries: int = DEFAULT_MAX_SUMMARIES,
+        outline_share: float = 0.0,
+    ) -> Selection:
+        """Rank and pack; see the module docstring for when embeddings are used."""
+        hints = hints or Hints(pinned_paths=[c.path for c in candidates if c.pinned])
+        files = [self.analyse(c.path, c.content) for c in candidates]
+        ranking = rank_files(query, files, hints)
+        lexical = ranking.scores
+        summaries = [
+            summary(c.path, f.structure, c.content.count("\n") + 1) if f.structure.outline else ""
+            for c, f in zip(candidates, files, strict=True)
+        ]
+
+        def packed(
+            scores: Sequence[float], mode: SelectionMode, reason: str | None, hits: int, computed: int
+        ):
+            result = pack(candidates, scores, token_budget, summaries, max_summaries, outline_share)
+            return Selection(
+                kept=result.kept,
+                omitted=result.omitted,
+                summarized=result.summarized,
+                used_tokens=result.used_tokens,
+                mode=mode,
+                fallback_reason=reason,
+                embedding_cache_hits=hits,
+                embeddings_computed=computed,
+            )
+
         if self._embedder is None:
-            return self._lexical(query, candidates, token_budget, "embeddings disabled")
+            return packed(lexical, SelectionMode.LEXICAL, "embeddings disabled", 0, 0)
         if self._cap == 0:
-            return self._lexical(query, candidates, token_budget, "embedding cap is 0")
+            return packed(lexical, SelectionMode.LEXICAL, "embedding cap is 0", 0, 0)
         if not candidates:
-            return Selection(kept=[], omitted=[], used_tokens=0, mode=SelectionMode.SEMANTIC)
-        # Required: the query and every file's first chunk. Optional: later chunks,
-        # breadth-first so a tight cap refines every file a little rather than a few a lot.
-        chunks = [chunk_text(c.content, self._chunk_chars, self._max_chunks) for c in candidates]
-        texts = [query, *(f"{c.path}\n{parts[0]}" for c, parts in zip(candidates, chunks, strict=True))]
-        owners = [-1, *range(len(candidates))]
-        for level in range(1, self._max_chunks):
-            for index, (candidate, parts) in enumerate(zip(candidates, chunks, strict=True)):
-                if level < len(parts):
-                    texts.append(f"{candidate.path}\n{parts[level]}")
-                    owners.append(index)
-        required = len(candidates) + 1
+            return packed(lexical, SelectionMode.SEMANTIC, None, 0, 0)
+        top = sorted(range(len(files)), key=lambda i: (-lexical[i], files[i].path))[: self._top_k]
+        texts = [query, *(_card(files[i], candidates[i].content) for i in top)]
         plan = self._embedder.plan(texts)
-        missing_required = {key: plan.missing[key] for key in plan.keys[:required] if key in plan.missing}
-
-        if self._cap > 0 and len(missing_required) > self._cap:
-            reason = f"{len(missing_required)} new embeddings needed, cap {self._cap}"
-            warmed = self._warm(dict(list(missing_required.items())[: self._cap]))
-            return self._lexical(query, candidates, token_budget, reason, plan.cache_hits, warmed)
-
-        chosen = list(range(required))
-        allowance = None if self._cap < 0 else self._cap - len(missing_required)
-        new_keys = set(missing_required)
-        for position in range(required, len(texts)):
-            key = plan.keys[position]
-            if key in plan.cached or key in new_keys:
-                chosen.append(position)
-            elif allowance is None or allowance > 0:
-                new_keys.add(key)
-                chosen.append(position)
-                allowance = None if allowance is None else allowance - 1
-        used = plan.subset(chosen)
+        if self._cap > 0 and plan.to_compute > self._cap:
+            reason = f"{plan.to_compute} new embeddings needed, cap {self._cap}"
+            warmed = self._warm(dict(list(plan.missing.items())[: self._cap]))
+            return packed(lexical, SelectionMode.LEXICAL, reason, plan.cache_hits, warmed)
         try:
-            vectors = self._embedder.complete(used)
+            vectors = self._embedder.complete(plan)
         except EmbeddingUnavailable as error:
-            return self._lexical(query, candidates, token_budget, f"embeddings unavailable: {error}")
+            return packed(lexical, SelectionMode.LEXICAL, f"embeddings unavailable: {error}", 0, 0)
         similarities = vectors[1:] @ vectors[0]
-        scores = np.full(len(candidates), -1.0)
-        np.maximum.at(scores, np.asarray([owners[p] for p in chosen[1:]], dtype=np.intp), similarities)
-        packed = pack(candidates, scores.tolist(), token_budget)
-        return Selection(
-            kept=packed.kept,
-            omitted=packed.omitted,
-            used_tokens=packed.used_tokens,
-            mode=SelectionMode.SEMANTIC,
-            embedding_cache_hits=used.cache_hits,
-            embeddings_computed=used.to_compute,
-        )
+        semantic = [0.0] * len(files)
+        for index, similarity in zip(top, similarities.tolist(), strict=True):
+            semantic[index] = 1.0 + similarity  # positive, so every top file is ranked by the signal
+        fused = rrf({**ranking.signals, "semantic": semantic}, [f.path for f in files], DEFAULT_WEIGHTS)
+        return packed(fused, SelectionMode.SEMANTIC, None, plan.cache_hits, plan.to_compute)
 
     def _warm(self, missing: dict[str, str]) -> int:
         """Spend this call's allowance on the cache so a later call can rank semantically."""
@@ -316,24 +318,3 @@ class ContextSelector:
             return len(self._embedder.compute(missing))
         except EmbeddingUnavailable:
             return 0
-
-    def _lexical(
-        self,
-        query: str,
-        candidates: Sequence[Candidate],
-        token_budget: int,
-        reason: str,
-        cache_hits: int = 0,
-        computed: int = 0,
-    ) -> Selection:
-        documents = [f"{candidate.path}\n{candidate.content}" for candidate in candidates]
-        packed = pack(candidates, lexical_scores(query, documents), token_budget)
-        return Selection(
-            kept=packed.kept,
-            omitted=packed.omitted,
-            used_tokens=packed.used_tokens,
-            mode=SelectionMode.LEXICAL,
-            fallback_reason=reason,
-            embedding_cache_hits=cache_hits,
-            embeddings_computed=computed,
-        )

@@ -8,6 +8,8 @@ from typing import Literal
 from autopack_common.settings import ServiceSettings
 from pydantic import Field, SecretStr, field_validator
 
+from autopack_memory.drift import DriftMode
+
 EmbeddingsKind = Literal["local", "none", "openai"]
 
 
@@ -17,8 +19,12 @@ class MemorySettings(ServiceSettings):
     ``AUTOPACK_MEMORY_MAX_EMBEDDINGS_PER_CALL`` bounds the *new* embeddings (cache misses) one
     SelectContext call may compute before it ranks lexically instead: ``-1`` = unlimited,
     ``0`` = never embed (always lexical), ``N > 0`` = at most N. Cached vectors are free. The
-    default 64 keeps a cold call to a few seconds of CPU (MiniLM: ~50-100 ms a chunk on two
-    cores). ``QDRANT_URL`` wins over the local path when both are set.
+    default 64 covers the query and the 32 file cards one selection embeds. ``QDRANT_URL`` wins
+    over the local path when both are set. ``AUTOPACK_MEMORY_CHUNK_CHARS`` bounds a structural
+    piece (function, section) used for ranking. Drift: a change summary whose cosine with the
+    run's intention is below ``AUTOPACK_MEMORY_DRIFT_THRESHOLD`` (0.5) has drifted;
+    ``AUTOPACK_MEMORY_DRIFT_MODE`` ``advisory`` (default) reports it, ``blocking`` asks the
+    caller to stop.
     """
 
     embeddings: EmbeddingsKind = Field(default="local", alias="AUTOPACK_MEMORY_EMBEDDINGS")
@@ -28,10 +34,11 @@ class MemorySettings(ServiceSettings):
     qdrant_url: str | None = Field(default=None, alias="QDRANT_URL")
     qdrant_api_key: SecretStr | None = Field(default=None, alias="QDRANT_API_KEY")
     max_embeddings_per_call: int = Field(default=64, ge=-1, alias="AUTOPACK_MEMORY_MAX_EMBEDDINGS_PER_CALL")
-    chunk_chars: int = Field(default=800, ge=100, alias="AUTOPACK_MEMORY_CHUNK_CHARS")
-    max_chunks_per_file: int = Field(default=4, ge=1, alias="AUTOPACK_MEMORY_MAX_CHUNKS_PER_FILE")
+    chunk_chars: int = Field(default=1200, ge=100, alias="AUTOPACK_MEMORY_CHUNK_CHARS")
+    drift_threshold: float = Field(default=0.5, ge=-1.0, le=1.0, alias="AUTOPACK_MEMORY_DRIFT_THRESHOLD")
+    drift_mode: DriftMode = Field(default=DriftMode.ADVISORY, alias="AUTOPACK_MEMORY_DRIFT_MODE")
 
-    @field_validator("embeddings", mode="before")
+    @field_validator("embeddings", "drift_mode", mode="before")
     @classmethod
     def _lowercase(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value

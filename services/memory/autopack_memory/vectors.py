@@ -33,6 +33,10 @@ _POINT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://autopack.dev/memory/v
 _SCROLL_PAGE = 256
 
 
+class VectorStoreDown(Unavailable):
+    """Qdrant cannot be reached or failed: callers may degrade instead of failing."""
+
+
 def point_id(item_id: str) -> str:
     """The Qdrant point id of a caller's item id (stable across processes and versions)."""
     return str(uuid.uuid5(_POINT_NAMESPACE, item_id))
@@ -114,10 +118,10 @@ class VectorStore:
             try:
                 yield
             except ResponseHandlingException as error:
-                raise Unavailable(f"Qdrant is unreachable: {error}") from error
+                raise VectorStoreDown(f"Qdrant is unreachable: {error}") from error
             except UnexpectedResponse as error:
                 if error.status_code is not None and error.status_code >= 500:
-                    raise Unavailable(f"Qdrant answered {error.status_code}") from error
+                    raise VectorStoreDown(f"Qdrant answered {error.status_code}") from error
                 raise
 
     def close(self) -> None:
@@ -241,3 +245,22 @@ class VectorStore:
             return 0
         with self._guard():
             return int(self._client.count(collection, exact=True).count)
+
+    def delete(self, collection: str, item_ids: Sequence[str]) -> None:
+        """Remove items by caller id; a missing collection or id is not an error."""
+        if not item_ids or self.info(collection) is None:
+            return
+        with self._guard():
+            self._client.delete(
+                collection,
+                points_selector=models.PointIdsList(points=[point_id(i) for i in item_ids]),
+                wait=True,
+            )
+
+    def get(self, collection: str, item_id: str) -> StoredItem | None:
+        """One item by caller id, or None."""
+        if self.info(collection) is None:
+            return None
+        with self._guard():
+            records = self._client.retrieve(collection, [point_id(item_id)], with_payload=True)
+        return _item_from_payload(records[0].payload) if records else None
