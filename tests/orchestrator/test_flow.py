@@ -224,8 +224,16 @@ class Running:
 def start_orchestrator(stack: Stack, sqlite_url: str) -> Iterator[Any]:
     started: list[Running] = []
 
-    def start(database_url: str = sqlite_url, **address_overrides: str) -> Running:
-        settings = OrchestratorSettings(database_url=database_url, rpc_timeout_seconds=20, lease_seconds=5)
+    def start(
+        database_url: str = sqlite_url, settings_overrides: dict[str, Any] | None = None, **address_overrides: str
+    ) -> Running:
+        settings = OrchestratorSettings(
+            database_url=database_url,
+            rpc_timeout_seconds=20,
+            lease_seconds=5,
+            transient_backoff_seconds=0.01,
+            **(settings_overrides or {}),
+        )
         clients = ServiceClients({**stack.addresses, **address_overrides})
         orchestrator = create_orchestrator(
             settings, clients=clients, tracer=stack.provider.get_tracer("test")
@@ -460,8 +468,8 @@ def test_attempt_outside_scope_is_retried_once_and_completes(stack: Stack, start
     ]
 
 
-def test_failed_checks_roll_back_retry_once_and_fail_the_run(stack: Stack, start_orchestrator: Any) -> None:
-    running = start_orchestrator()
+def test_failed_checks_roll_back_retry_and_fail_the_run(stack: Stack, start_orchestrator: Any) -> None:
+    running = start_orchestrator(settings_overrides={"max_attempts": 2})
     check = ["python", "-c", "import sys; print('boom'); sys.exit(3)"]
     run, events = run_to_end(running, plan(stack, "failing", check=check))
 
@@ -477,6 +485,12 @@ def test_failed_checks_roll_back_retry_once_and_fail_the_run(stack: Stack, start
         assert attempt.check_exit_code == 3
         assert "exited 3" in attempt.failure_reason and "boom" in attempt.failure_reason
         assert attempt.savepoint
+        assert attempt.counted and attempt.failure_kind == pb.FAILURE_KIND_DETERMINISTIC
+        assert attempt.fingerprint.startswith("CHECKS_FAILED|") and "boom" in attempt.fingerprint
+    assert p1.attempts[0].fingerprint == p1.attempts[1].fingerprint  # paths and numbers normalised away
+    # No known pattern: the doctor was consulted between the two attempts (or said why it could not be).
+    recovery = [event.message for event in events if event.type == pb.EVENT_TYPE_RECOVERY]
+    assert len(recovery) == 1 and recovery[0].startswith("doctor")
     # Each failed attempt was rolled back: the broken module is gone.
     assert not (Path(run.workspace_path) / "src" / "mod1.py").exists()
     assert sum(event.message.startswith("rollback:") for event in events) == 2
@@ -491,17 +505,22 @@ def test_failed_checks_roll_back_retry_once_and_fail_the_run(stack: Stack, start
     assert [hit.item.metadata["outcome"] for hit in summaries.hits] == ["FAILED"]
 
 
-def test_unavailable_dependency_is_an_error_attempt_naming_it(stack: Stack, start_orchestrator: Any) -> None:
-    running = start_orchestrator(estimator="127.0.0.1:1")
+def test_unavailable_dependency_is_retried_not_counted_and_stopped_by_the_health_budget(
+    stack: Stack, start_orchestrator: Any
+) -> None:
+    running = start_orchestrator(settings_overrides={"max_infra_errors_per_run": 3}, estimator="127.0.0.1:1")
     request_plan = plan(stack, "no-estimator")
-    run, _ = run_to_end(running, request_plan)
+    run, events = run_to_end(running, request_plan)
 
     assert run.state == pb.STATE_FAILED
     [p1, p2] = phases_of(run)
-    assert [attempt.outcome for attempt in p1.attempts] == [pb.ATTEMPT_OUTCOME_ERROR] * 2
-    assert all("estimator unavailable (Estimate)" in attempt.failure_reason for attempt in p1.attempts)
-    assert "estimator unavailable" in run.failure_reason
-    assert p2.state == pb.STATE_QUEUED
+    assert [attempt.outcome for attempt in p1.attempts] == [pb.ATTEMPT_OUTCOME_ERROR] * 3
+    for attempt in p1.attempts:
+        assert "estimator unavailable (Estimate) after 4 tries" in attempt.failure_reason
+        assert not attempt.counted and attempt.failure_kind == pb.FAILURE_KIND_TRANSIENT
+    assert "health budget: 3 infrastructure errors in this run (limit 3)" in run.failure_reason
+    assert p1.state == pb.STATE_FAILED and p2.state == pb.STATE_QUEUED
+    assert any(e.type == pb.EVENT_TYPE_RECOVERY and e.message.startswith("health budget") for e in events)
 
 
 def test_crashed_run_resumes_from_first_unfinished_phase(

@@ -179,7 +179,7 @@ def test_expired_leases_are_claimed_once(store: RunStore) -> None:
     claims: dict[str, list[str]] = {}
     threads = [
         threading.Thread(
-            target=lambda owner=owner: claims.__setitem__(owner, store.claim_abandoned_runs(owner, 30))
+            target=lambda owner=owner: claims.__setitem__(owner, store.claim_runs(owner, 30, 5))
         )
         for owner in ("a", "b", "c")
     ]
@@ -191,7 +191,7 @@ def test_expired_leases_are_claimed_once(store: RunStore) -> None:
     assert len(winners) == 1
     assert claims[winners[0]] == ["l1"]
     assert store.holds_lease("l1", winners[0])
-    assert store.claim_abandoned_runs("d", 30) == []
+    assert store.claim_runs("d", 30, 5) == []
     assert store.holds_lease("l2", "alive")
     assert store.renew_leases("alive", 60, ["l2"]) == 1
     assert store.renew_leases("alive", 60, ["l1"]) == 0
