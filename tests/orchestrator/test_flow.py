@@ -225,7 +225,9 @@ def start_orchestrator(stack: Stack, sqlite_url: str) -> Iterator[Any]:
     started: list[Running] = []
 
     def start(
-        database_url: str = sqlite_url, settings_overrides: dict[str, Any] | None = None, **address_overrides: str
+        database_url: str = sqlite_url,
+        settings_overrides: dict[str, Any] | None = None,
+        **address_overrides: str,
     ) -> Running:
         settings = OrchestratorSettings(
             database_url=database_url,

@@ -36,7 +36,11 @@ class Harness:
 
 def start_harness(database_url: str, max_workers: int = 16, **settings: object) -> Harness:
     config = OrchestratorSettings(
-        database_url=database_url, rpc_timeout_seconds=5, lease_seconds=5, transient_backoff_seconds=0.01, **settings
+        database_url=database_url,
+        rpc_timeout_seconds=5,
+        lease_seconds=5,
+        transient_backoff_seconds=0.01,
+        **settings,
     )
     orchestrator = create_orchestrator(config, clients=ServiceClients(UNREACHABLE))
     server = create_server([orchestrator.binding()], "127.0.0.1:0", max_workers=max_workers)

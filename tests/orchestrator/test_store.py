@@ -178,9 +178,7 @@ def test_expired_leases_are_claimed_once(store: RunStore) -> None:
     time.sleep(0.1)
     claims: dict[str, list[str]] = {}
     threads = [
-        threading.Thread(
-            target=lambda owner=owner: claims.__setitem__(owner, store.claim_runs(owner, 30, 5))
-        )
+        threading.Thread(target=lambda owner=owner: claims.__setitem__(owner, store.claim_runs(owner, 30, 5)))
         for owner in ("a", "b", "c")
     ]
     for thread in threads:
