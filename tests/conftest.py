@@ -16,11 +16,13 @@ POSTGRES_ADMIN_DSN = os.environ.get(
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_runtime_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Keep databases, traces and workspaces that tests create out of the checkout."""
+    """Keep databases, traces, workspaces and the CLI's stack pointer out of the checkout and home."""
     root = tmp_path_factory.mktemp("autopack-runtime")
-    previous = {key: os.environ.get(key) for key in ("AUTOPACK_DATA_DIR", "AUTOPACK_TRACE_DIR")}
+    keys = ("AUTOPACK_DATA_DIR", "AUTOPACK_TRACE_DIR", "XDG_STATE_HOME")
+    previous = {key: os.environ.get(key) for key in keys}
     os.environ["AUTOPACK_DATA_DIR"] = str(root / "data")
     os.environ["AUTOPACK_TRACE_DIR"] = str(root / "traces")
+    os.environ["XDG_STATE_HOME"] = str(root / "state")
     yield
     for key, value in previous.items():
         if value is None:

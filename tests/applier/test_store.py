@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
-from autopack_applier.store import ApplierStore, ApplyLogEntry, WorkspaceRecord
+from autopack_applier.store import ApplierStore, ApplyLogEntry, CheckBaseline, WorkspaceRecord
 from autopack_common.database import create_db_engine, upgrade_schema
 from autopack_common.errors import AlreadyExists
 
@@ -29,7 +29,12 @@ def _workspace(run_id: str = "run-1") -> WorkspaceRecord:
 
 def test_schema_has_own_tables_and_version_table(db_store: ApplierStore) -> None:
     tables = set(sa.inspect(db_store.engine).get_table_names())
-    assert {"applier_workspaces", "applier_apply_log", "alembic_version_applier"} <= tables
+    assert {
+        "applier_workspaces",
+        "applier_apply_log",
+        "applier_check_baselines",
+        "alembic_version_applier",
+    } <= tables
 
 
 def test_workspaces_round_trip_and_are_unique(db_store: ApplierStore) -> None:
@@ -74,3 +79,23 @@ def test_apply_log_rejects_unknown_results_and_runs(db_store: ApplierStore) -> N
         db_store.log_apply(ApplyLogEntry("run-1", "p1", 1, None, None, (), "maybe", None))  # type: ignore[arg-type]
     with pytest.raises(sa.exc.IntegrityError):
         db_store.log_apply(ApplyLogEntry("run-missing", "p1", 1, None, None, (), "rejected", "x"))
+
+
+def test_a_commands_first_baseline_wins(db_store: ApplierStore) -> None:
+    db_store.add_workspace(_workspace())
+    command = ("python", "-m", "pytest", "-q")
+    assert db_store.get_baseline("run-1", command) is None
+    first = CheckBaseline(
+        "run-1",
+        command,
+        "a" * 40,
+        {"passed": 1, "failed": 1, "errors": 0, "skipped": 0, "collection_errors": 0},
+        {"t.py::a": "passed", "t.py::b": "failed"},
+        (),
+        datetime(2026, 1, 2, tzinfo=UTC),
+    )
+    assert db_store.add_baseline(first) == first
+    assert db_store.get_baseline("run-1", list(command)) == first
+    later = CheckBaseline("run-1", command, "b" * 40, {}, {}, ("t.py",), datetime(2026, 1, 3, tzinfo=UTC))
+    assert db_store.add_baseline(later) == first  # a concurrent second recording returns the first
+    assert db_store.get_baseline("run-1", ("python", "-m", "pytest")) is None  # another argv, another key

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,3 +182,34 @@ class Git:
     def is_commit_in_history(self, commit: str) -> bool:
         """True when ``commit`` exists in this repository as a commit object."""
         return self.run("cat-file", "-e", f"{commit}^{{commit}}", check=False).returncode == 0
+
+    def export(self, commit: str, destination: Path, timeout: float = 600.0) -> None:
+        """Write the tree of ``commit`` into ``destination`` without touching this repository.
+
+        ``git archive`` streams a tar that is unpacked with tarfile's "data" filter, so no
+        member can land outside ``destination``; the workspace's index and refs stay as they are.
+        """
+        process = subprocess.Popen(
+            ["git", "archive", "--format=tar", commit],
+            cwd=self.cwd,
+            env=git_environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        try:
+            with tarfile.open(fileobj=process.stdout, mode="r|") as archive:
+                archive.extractall(destination, filter="data")
+        except (tarfile.TarError, OSError) as error:
+            process.kill()
+            process.wait()
+            raise GitError(("archive",), -1, f"could not unpack commit {commit}: {error}") from None
+        finally:
+            process.stdout.close()
+        assert process.stderr is not None
+        with process.stderr:
+            stderr = process.stderr.read()
+        process.wait(timeout=timeout)
+        if process.returncode != 0:
+            raise GitError(("archive",), process.returncode, stderr.decode("utf-8", "replace"))

@@ -7,6 +7,7 @@ attributes (counts, ids, exit codes), never file contents or command output.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import grpc
 from autopack.applier.v1 import applier_pb2, applier_pb2_grpc
@@ -16,9 +17,12 @@ from autopack_common.server import ServiceBinding
 from opentelemetry import trace
 
 from autopack_applier.checks import CheckRunner, check_environment_names
+from autopack_applier.gate import CheckGate, Verdict
 from autopack_applier.paths import normalize_protected
 from autopack_applier.settings import ApplierSettings
 from autopack_applier.store import ApplierStore
+from autopack_applier.testreport import Counts
+from autopack_applier.toolchain import Language, Purpose, detect_workspace_toolchains
 from autopack_applier.workspace import FileOperation, Mode, WorkspaceManager
 
 SERVICE_NAME = applier_pb2.DESCRIPTOR.services_by_name["ApplierService"].full_name
@@ -30,6 +34,32 @@ _MODES = {
 }
 
 
+_VERDICTS = {
+    Verdict.PASSED: applier_pb2.CHECK_VERDICT_PASSED,
+    Verdict.NO_NEW_FAILURES: applier_pb2.CHECK_VERDICT_NO_NEW_FAILURES,
+    Verdict.NEW_FAILURES: applier_pb2.CHECK_VERDICT_NEW_FAILURES,
+    Verdict.COLLECTION_ERROR: applier_pb2.CHECK_VERDICT_COLLECTION_ERROR,
+    Verdict.FAILED: applier_pb2.CHECK_VERDICT_FAILED,
+    Verdict.TIMED_OUT: applier_pb2.CHECK_VERDICT_TIMED_OUT,
+}
+_LANGUAGES = {
+    Language.PYTHON: applier_pb2.TOOLCHAIN_LANGUAGE_PYTHON,
+    Language.NODE: applier_pb2.TOOLCHAIN_LANGUAGE_NODE,
+    Language.GO: applier_pb2.TOOLCHAIN_LANGUAGE_GO,
+    Language.RUST: applier_pb2.TOOLCHAIN_LANGUAGE_RUST,
+    Language.JAVA: applier_pb2.TOOLCHAIN_LANGUAGE_JAVA,
+}
+_PURPOSES = {
+    Purpose.TEST: applier_pb2.TOOLCHAIN_COMMAND_PURPOSE_TEST,
+    Purpose.BUILD: applier_pb2.TOOLCHAIN_COMMAND_PURPOSE_BUILD,
+    Purpose.LINT: applier_pb2.TOOLCHAIN_COMMAND_PURPOSE_LINT,
+}
+
+
+def _test_counts(counts: Counts) -> applier_pb2.TestCounts:
+    return applier_pb2.TestCounts(**counts.as_dict())
+
+
 def _deadline(context: grpc.ServicerContext) -> float | None:
     """The caller's deadline on the monotonic clock, so waiting for a lock never outlives it."""
     remaining = context.time_remaining()
@@ -39,9 +69,10 @@ def _deadline(context: grpc.ServicerContext) -> float | None:
 class ApplierServicer(applier_pb2_grpc.ApplierServiceServicer):
     """ApplierService over a WorkspaceManager and a CheckRunner."""
 
-    def __init__(self, workspaces: WorkspaceManager, checks: CheckRunner) -> None:
+    def __init__(self, workspaces: WorkspaceManager, checks: CheckRunner, gate: CheckGate) -> None:
         self.workspaces = workspaces
         self.checks = checks
+        self.gate = gate
 
     def PrepareWorkspace(
         self, request: applier_pb2.PrepareWorkspaceRequest, context: grpc.ServicerContext
@@ -115,21 +146,66 @@ class ApplierServicer(applier_pb2_grpc.ApplierServiceServicer):
     def RunChecks(
         self, request: applier_pb2.RunChecksRequest, context: grpc.ServicerContext
     ) -> applier_pb2.RunChecksResponse:
-        check = self.checks.prepare(list(request.command), request.timeout_seconds)
+        command = list(request.command)
+        check = self.checks.prepare(command, request.timeout_seconds)
         span = trace.get_current_span()
         span.set_attribute("autopack.checks.executable", check.executable)
-        with self.workspaces.exclusive(request.run_id, _deadline(context)) as workspace:
-            result = self.checks.run(check, workspace)
+        deadline = _deadline(context)
+        base_commit = self.workspaces.record(request.run_id).base_commit
+        with self.workspaces.exclusive(request.run_id, deadline) as workspace:
+            gated = self.gate.run(request.run_id, workspace, base_commit, command, check, deadline)
+        result, judgement = gated.check, gated.judgement
         span.set_attribute("autopack.checks.exit_code", result.exit_code)
         span.set_attribute("autopack.checks.passed", result.passed)
         span.set_attribute("autopack.checks.timed_out", result.timed_out)
         span.set_attribute("autopack.checks.duration_ms", result.duration_ms)
-        return applier_pb2.RunChecksResponse(
+        span.set_attribute("autopack.checks.verdict", judgement.verdict.value)
+        span.set_attribute("autopack.checks.is_baseline", gated.is_baseline)
+        span.set_attribute("autopack.checks.newly_failing", len(judgement.newly_failing))
+        response = applier_pb2.RunChecksResponse(
             exit_code=result.exit_code,
             passed=result.passed,
             duration_ms=result.duration_ms,
             output_tail=result.output_tail,
             timed_out=result.timed_out,
+            verdict=_VERDICTS[judgement.verdict],
+            is_baseline=gated.is_baseline,
+            newly_failing=list(judgement.newly_failing),
+            fixed=list(judgement.fixed),
+            flaky_suspects=list(judgement.flaky_suspects),
+            verdict_reason=judgement.reason,
+        )
+        if gated.report is not None:
+            response.counts.CopyFrom(_test_counts(gated.report.counts))
+            response.collection_errors.extend(gated.report.collection_errors)
+        if gated.baseline is not None:
+            response.baseline_commit = gated.baseline.commit
+            response.baseline_counts.CopyFrom(_test_counts(Counts.from_dict(gated.baseline.counts)))
+        return response
+
+    def DetectToolchain(
+        self, request: applier_pb2.DetectToolchainRequest, context: grpc.ServicerContext
+    ) -> applier_pb2.DetectToolchainResponse:
+        workspace = Path(self.workspaces.record(request.run_id).path)
+        toolchains = detect_workspace_toolchains(workspace, self.checks.allowed)
+        trace.get_current_span().set_attribute("autopack.applier.toolchains", len(toolchains))
+        return applier_pb2.DetectToolchainResponse(
+            toolchains=[
+                applier_pb2.Toolchain(
+                    language=_LANGUAGES[toolchain.language],
+                    confidence=toolchain.confidence,
+                    evidence=list(toolchain.evidence),
+                    commands=[
+                        applier_pb2.ToolchainCommand(
+                            purpose=_PURPOSES[command.purpose],
+                            argv=list(command.argv),
+                            allowed=command.allowed,
+                        )
+                        for command in toolchain.commands
+                    ],
+                )
+                for toolchain in toolchains
+            ]
         )
 
     def Rollback(
@@ -158,7 +234,8 @@ def build_servicer(settings: ApplierSettings, store: ApplierStore) -> ApplierSer
         max_timeout_seconds=settings.max_check_timeout_seconds,
         env_passthrough=check_environment_names(settings.check_env),
     )
-    return ApplierServicer(workspaces, checks)
+    gate = CheckGate(checks, store, workspaces.root / ".scratch")
+    return ApplierServicer(workspaces, checks, gate)
 
 
 def binding(servicer: ApplierServicer) -> ServiceBinding:

@@ -9,6 +9,8 @@ share one PostgreSQL database; the Alembic history has its own version table
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +25,7 @@ from sqlalchemy import (
     Engine,
     ForeignKey,
     Integer,
+    PrimaryKeyConstraint,
     String,
     Text,
     insert,
@@ -75,6 +78,22 @@ class ApplyLogRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
 
 
+class CheckBaselineRow(Base):
+    """The first test report of a command in a run's workspace, measured at its base commit."""
+
+    __tablename__ = "applier_check_baselines"
+    __table_args__ = (PrimaryKeyConstraint("run_id", "command_key", name="pk_applier_check_baselines"),)
+
+    run_id: Mapped[str] = mapped_column(String(128), ForeignKey("applier_workspaces.run_id"), nullable=False)
+    command_key: Mapped[str] = mapped_column(String(64), nullable=False)
+    command: Mapped[list[str]] = mapped_column(JSON, nullable=False)
+    commit: Mapped[str] = mapped_column(String(64), nullable=False)
+    counts: Mapped[dict[str, int]] = mapped_column(JSON, nullable=False)
+    outcomes: Mapped[dict[str, str]] = mapped_column(JSON, nullable=False)
+    collection_errors: Mapped[list[str]] = mapped_column(JSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+
+
 @dataclass(frozen=True)
 class WorkspaceRecord:
     """Where a run's workspace lives and what it started from."""
@@ -99,6 +118,28 @@ class ApplyLogEntry:
     result: ApplyResultKind
     reason: str | None
     created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CheckBaseline:
+    """A command's baseline in a run: outcome per test id at ``commit``."""
+
+    run_id: str
+    command: tuple[str, ...]
+    commit: str
+    counts: dict[str, int]
+    outcomes: dict[str, str]
+    collection_errors: tuple[str, ...]
+    created_at: datetime | None = None
+
+    @property
+    def command_key(self) -> str:
+        return command_key(self.command)
+
+
+def command_key(command: Sequence[str]) -> str:
+    """A fixed-size key of an argument vector (the same argv is the same command)."""
+    return hashlib.sha256(json.dumps(list(command)).encode("utf-8")).hexdigest()
 
 
 class ApplierStore:
@@ -194,3 +235,46 @@ class ApplierStore:
         if base:
             found.add(base)
         return found
+
+    def add_baseline(self, baseline: CheckBaseline) -> CheckBaseline:
+        """Record a command's baseline; when one was recorded meanwhile, that one wins."""
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    insert(CheckBaselineRow).values(
+                        run_id=baseline.run_id,
+                        command_key=baseline.command_key,
+                        command=list(baseline.command),
+                        commit=baseline.commit,
+                        counts=dict(baseline.counts),
+                        outcomes=dict(baseline.outcomes),
+                        collection_errors=list(baseline.collection_errors),
+                        created_at=baseline.created_at or utcnow(),
+                    )
+                )
+        except IntegrityError:
+            existing = self.get_baseline(baseline.run_id, baseline.command)
+            if existing is None:
+                raise
+            return existing
+        return baseline
+
+    def get_baseline(self, run_id: str, command: Sequence[str]) -> CheckBaseline | None:
+        """The baseline of ``command`` in the run, or None before its first check."""
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(CheckBaselineRow.__table__).where(
+                    CheckBaselineRow.run_id == run_id, CheckBaselineRow.command_key == command_key(command)
+                )
+            ).first()
+        if row is None:
+            return None
+        return CheckBaseline(
+            run_id=row.run_id,
+            command=tuple(row.command),
+            commit=row.commit,
+            counts=dict(row.counts),
+            outcomes=dict(row.outcomes),
+            collection_errors=tuple(row.collection_errors),
+            created_at=row.created_at,
+        )

@@ -2,7 +2,12 @@
 
 Each service runs as ``python -m autopack_<svc>`` with its log in
 ``<state>/logs/<svc>.log`` and its pid in ``<state>/run/<svc>.pid``; ``up`` waits
-until every one reports SERVING on the standard health service.
+until every one reports SERVING on the standard health service (and says so at once
+when a service exits during start-up).
+
+Every command finds the running stack from any directory: ``AUTOPACK_STATE_DIR`` when set,
+else the nearest ``.autopack`` with live pids in the current directory or a parent, else the
+stack ``up`` last started (its state dir is recorded in the user's state directory).
 """
 
 from __future__ import annotations
@@ -42,7 +47,23 @@ class StackPaths:
 
     @classmethod
     def from_env(cls) -> StackPaths:
-        return cls(Path(os.environ.get("AUTOPACK_STATE_DIR", ".autopack")).resolve())
+        """The stack's state dir: explicit, else the one that is running, else ``./.autopack``."""
+        explicit = os.environ.get("AUTOPACK_STATE_DIR")
+        if explicit:
+            return cls(Path(explicit).resolve())
+        default = cls(Path(DEFAULT_STATE_DIR_NAME).resolve())
+        for directory in (Path.cwd(), *Path.cwd().parents):
+            candidate = cls(directory / DEFAULT_STATE_DIR_NAME)
+            if candidate.has_live_service():
+                return candidate
+        recorded = recorded_stack()
+        if recorded is not None and recorded.has_live_service():
+            return recorded
+        return default
+
+    def has_live_service(self) -> bool:
+        """True when any service of this state dir has a live process."""
+        return any(read_pid(self, service) is not None for service in STACK_ORDER)
 
     @property
     def data_dir(self) -> Path:
@@ -57,6 +78,32 @@ class StackPaths:
 
     def log_file(self, service: str) -> Path:
         return self.root / "logs" / f"{service}.log"
+
+
+DEFAULT_STATE_DIR_NAME = ".autopack"
+
+
+def stack_pointer_file() -> Path:
+    """Where ``up`` records the state dir of the stack it started (XDG state directory)."""
+    state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state_home) / "autopack" / "stack"
+
+
+def record_stack(paths: StackPaths) -> None:
+    """Remember ``paths`` so commands run from other directories find this stack."""
+    pointer = stack_pointer_file()
+    try:
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        pointer.write_text(str(paths.root))
+    except OSError:
+        pass  # a read-only home only costs the convenience; explicit AUTOPACK_STATE_DIR still works
+
+
+def recorded_stack() -> StackPaths | None:
+    try:
+        return StackPaths(Path(stack_pointer_file().read_text().strip()))
+    except (OSError, ValueError):
+        return None
 
 
 def service_environment(service: str, paths: StackPaths) -> dict[str, str]:
@@ -83,6 +130,7 @@ def is_serving(service: str, timeout: float = 1.0) -> bool:
 
 
 def _pid_alive(pid: int) -> bool:
+    _reap(pid)  # a child of ours that exited is a zombie until reaped, and zombies answer kill(0)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

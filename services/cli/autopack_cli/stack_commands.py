@@ -13,6 +13,7 @@ from autopack_cli.stack import (
     StackPaths,
     is_serving,
     read_pid,
+    record_stack,
     start_service,
     stop_service,
     wait_until_serving,
@@ -24,6 +25,7 @@ def up(
 ) -> None:
     """Start all five services locally and wait until each is SERVING."""
     paths = StackPaths.from_env()
+    record_stack(paths)
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=errors
     ) as progress:
