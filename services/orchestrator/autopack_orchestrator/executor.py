@@ -1035,6 +1035,14 @@ class RunExecutor:
             raise StepFailed(
                 Outcome.CHECKS_FAILED, f"validation `{shown}` {how}: {_short(checks.output_tail, 1500)}"
             )
+        if checks.flaky_suspects:
+            self._store.append_event(
+                run_id,
+                EventType.RECOVERY,
+                f"checks: {len(checks.flaky_suspects)} flaky suspect(s) passed on re-run "
+                f"({', '.join(checks.flaky_suspects)}); they do not block the phase ({verdict or 'passed'})",
+                phase_id=phase_id,
+            )
         detail = (
             f" ({verdict}{': ' + checks.verdict_reason if checks.verdict_reason else ''})" if verdict else ""
         )

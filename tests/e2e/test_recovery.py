@@ -1,0 +1,388 @@
+"""Autonomous recovery end to end: five real service processes, the real builder and Anthropic SDK
+against a scripted Messages API server on 127.0.0.1, driven through the ``autopack`` CLI.
+
+The plan's four phases each hit one kind of trouble and the run must still complete without
+a human: a missing third-party module (deterministic mitigation: a hint in the next prompt),
+a truncated answer (budget escalation), two similar check failures (the doctor, then a
+re-plan) and a flaky test (the applier's re-run, then the orchestrator's). The run's events
+must show each mitigation, diagnosis and re-plan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from autopack.orchestrator.v1 import orchestrator_pb2 as pb
+from autopack.orchestrator.v1 import orchestrator_pb2_grpc
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+AUTOPACK = str(Path(sys.executable).parent / "autopack")
+SERVICES = ("orchestrator", "estimator", "builder", "applier", "memory")
+API_KEY = "sk-ant-test-0000-not-a-real-key"
+RUN_ID = "e2e-recovery"
+PHASE_HEADER = re.compile(r"# Phase ([\w.-]+)")
+FLAKY_MARK = Path(tempfile.gettempdir()) / f"autopack-e2e-flaky-{uuid.uuid4().hex[:8]}"
+
+SLUG_BROKEN = "from unidecode_nowhere import unidecode\n\n\ndef slugify(text):\n    return unidecode(text)\n"
+SLUG = 'def slugify(text: str) -> str:\n    return "-".join(text.lower().split())\n'
+SLUG_TEST = "from textkit.slug import slugify\n\n\ndef test_slugify():\n    assert slugify('Hello World') == 'hello-world'\n"
+STATS_TEST = (
+    "from textkit.stats import mean\n\n\ndef test_mean():\n    assert mean([1, 2, 3]) == 2\n\n\n"
+    "def test_mean_of_one():\n    assert mean([5]) == 5\n"
+)
+STATS_WRONG = "def mean(values):\n    return sum(values) / (len(values) + 1)\n"
+STATS_WRONG_AGAIN = "def mean(values):\n    return sum(values) // (len(values) + 1)\n"
+STATS = "def mean(values):\n    return sum(values) / len(values)\n"
+REPORT = "def report(words):\n    return '\\n'.join(f'{i}. {w}' for i, w in enumerate(words, 1))\n"
+REPORT_TEST = (
+    "import pathlib\n\nfrom textkit.report import report\n\nMARK = pathlib.Path("
+    + repr(str(FLAKY_MARK))
+    + ")\n\n\ndef test_report():\n    assert report(['a', 'b']) == '1. a\\n2. b'\n\n\n"
+    "def test_report_is_stable():\n    if not MARK.exists():  # fails on its first run only: a flaky test\n"
+    "        MARK.write_text('seen')\n        assert False, 'flaky: first run'\n"
+)
+BIG_MODULE = "".join(f"WORD_{i} = {i}\n" for i in range(300))
+
+
+def files_answer(*files: tuple[str, str]) -> str:
+    return json.dumps(
+        {
+            "summary": "Did the phase.",
+            "files": [{"path": p, "mode": "create", "new_content": c} for p, c in files],
+        }
+    )
+
+
+@dataclass
+class Seen:
+    kind: str  # build, diagnose or replan
+    phase_id: str
+    max_tokens: int
+    text: str
+
+
+@dataclass
+class ScriptedModel:
+    """A Messages API server answering per phase and request kind from a script; keeps every request."""
+
+    script: dict[tuple[str, str], list[dict[str, Any]]]
+    seen: list[Seen] = field(default_factory=list)
+    counts: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        system = body.get("system", "")
+        if isinstance(system, list):
+            system = " ".join(block.get("text", "") for block in system)
+        user = " ".join(
+            message["content"]
+            if isinstance(message["content"], str)
+            else " ".join(block.get("text", "") for block in message["content"])
+            for message in body.get("messages", [])
+        )
+        kind = "diagnose" if "Doctor" in system else "replan" if "planner" in system else "build"
+        match = PHASE_HEADER.search(user)
+        phase_id = match.group(1) if match else "?"
+        with self.lock:
+            self.seen.append(Seen(kind, phase_id, int(body.get("max_tokens", 0)), user))
+            replies = self.script.get((phase_id, kind)) or [{"text": "{}"}]
+            index = self.counts[(phase_id, kind)]
+            self.counts[(phase_id, kind)] += 1
+        reply = replies[min(index, len(replies) - 1)]
+        text = reply["text"]
+        output_tokens = max(len(text) // 4, 1)
+        stop = "end_turn"
+        if reply.get("truncate"):
+            output_tokens, stop = int(body["max_tokens"]), "max_tokens"
+            text = text[: len(text) // 2]
+        return {
+            "id": f"msg_{uuid.uuid4().hex[:20]}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model", "claude-sonnet-4-6"),
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": {"input_tokens": len(user) // 4 + len(system) // 4, "output_tokens": output_tokens},
+        }
+
+
+def serve(model: ScriptedModel) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))) or b"{}")
+            ok = self.path == "/v1/messages" and (
+                self.headers.get("x-api-key") == API_KEY
+                or self.headers.get("authorization") == f"Bearer {API_KEY}"
+            )
+            reply = model.answer(body) if ok else {"type": "error", "error": {"type": "authentication_error"}}
+            payload = json.dumps(reply).encode()
+            self.send_response(200 if ok else 401)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *_args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    return server
+
+
+SCRIPT: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("dep", "build"): [
+        {"text": files_answer(("textkit/slug.py", SLUG_BROKEN), ("tests/test_slug.py", SLUG_TEST))},
+        {"text": files_answer(("textkit/slug.py", SLUG), ("tests/test_slug.py", SLUG_TEST))},
+    ],
+    ("trunc", "build"): [
+        {"text": files_answer(("textkit/words.py", BIG_MODULE)), "truncate": True},
+        {"text": files_answer(("textkit/words.py", BIG_MODULE))},
+    ],
+    ("similar", "build"): [
+        {"text": files_answer(("textkit/stats.py", STATS_WRONG), ("tests/test_stats.py", STATS_TEST))},
+        {"text": files_answer(("textkit/stats.py", STATS_WRONG_AGAIN), ("tests/test_stats.py", STATS_TEST))},
+        {"text": files_answer(("textkit/stats.py", STATS), ("tests/test_stats.py", STATS_TEST))},
+    ],
+    ("similar", "diagnose"): [
+        {
+            "text": json.dumps(
+                {
+                    "action": "retry_with_hint",
+                    "confidence": 0.9,
+                    "diagnosis": "mean() divides by the wrong count.",
+                    "hint": "Divide the sum by len(values), not len(values) + 1.",
+                }
+            )
+        }
+    ],
+    ("similar", "replan"): [
+        {
+            "text": json.dumps(
+                {
+                    "revised_description": "Add textkit/stats.py with mean(values) = sum(values) / len(values) "
+                    "(the arithmetic mean, no off-by-one in the count) and tests/test_stats.py.",
+                    "rationale": "Both attempts divided by a count one too large; the description now says how.",
+                }
+            )
+        }
+    ],
+    ("flaky", "build"): [
+        {"text": files_answer(("textkit/report.py", REPORT), ("tests/test_report.py", REPORT_TEST))},
+    ],
+}
+
+PLAN = """\
+run_id: {run_id}
+name: recovery end to end
+source_repo: {source}
+tiers:
+  - tier_id: t1
+    name: Recovery
+    phases:
+      - phase_id: dep
+        description: Add textkit/slug.py with slugify(text) and a test for it.
+        category: implementation
+        complexity: low
+        deliverables: [textkit/slug.py, tests/test_slug.py]
+        scope: {{paths: [textkit/, tests/]}}
+        validation: {{command: python -m pytest -q tests/test_slug.py, timeout_seconds: 120}}
+      - phase_id: trunc
+        description: Add textkit/words.py with 300 numbered word constants.
+        category: implementation
+        complexity: low
+        deliverables: [textkit/words.py]
+        scope: {{paths: [textkit/]}}
+      - phase_id: similar
+        description: Add textkit/stats.py with mean(values) and tests for it.
+        category: implementation
+        complexity: low
+        deliverables: [textkit/stats.py, tests/test_stats.py]
+        scope: {{paths: [textkit/, tests/]}}
+        validation: {{command: python -m pytest -q tests/test_stats.py, timeout_seconds: 120}}
+      - phase_id: flaky
+        description: Add textkit/report.py with report(words) and tests for it.
+        category: implementation
+        complexity: low
+        deliverables: [textkit/report.py, tests/test_report.py]
+        scope: {{paths: [textkit/, tests/]}}
+        validation: {{command: python -m pytest -q tests/test_report.py, timeout_seconds: 120}}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    model: ScriptedModel
+    root: Path
+
+    def autopack(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [AUTOPACK, *args], env=self.env, cwd=self.root, capture_output=True, text=True, timeout=timeout
+        )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("recovery")
+    source = root / "source"
+    (source / "textkit").mkdir(parents=True)
+    (source / "textkit" / "__init__.py").write_text("")
+    (source / "tests").mkdir()
+    (source / "README.md").write_text("# textkit\n")
+    subprocess.run(["git", "init", "-q", str(source)], check=True)
+    subprocess.run(["git", "-C", str(source), "add", "."], check=True)
+    subprocess.run(
+        ["git", "-C", str(source), "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "base"],
+        check=True,
+    )
+    model = ScriptedModel(SCRIPT)
+    server = serve(model)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("ANTHROPIC_", "OPENAI_", "OTEL_", "AUTOPACK_", "DATABASE_URL", "QDRANT_"))
+    }
+    env.update(
+        {
+            "AUTOPACK_STATE_DIR": str(root / "state"),
+            "AUTOPACK_DATA_DIR": str(root / "state" / "data"),
+            "AUTOPACK_TRACE_DIR": str(root / "state" / "traces"),
+            "AUTOPACK_BUILDER_PROVIDER": "anthropic",
+            "ANTHROPIC_API_KEY": API_KEY,
+            "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{server.server_address[1]}",
+            "AUTOPACK_MEMORY_EMBEDDINGS": "none",
+        }
+    )
+    for service in SERVICES:
+        env[f"AUTOPACK_{service.upper()}_ADDR"] = f"127.0.0.1:{_free_port()}"
+    (root / "plan.yaml").write_text(PLAN.format(run_id=RUN_ID, source=source))
+    running = Stack(env, model, root)
+    started = running.autopack("up")
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield running
+    finally:
+        running.autopack("down")
+        server.shutdown()
+        FLAKY_MARK.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def finished(stack: Stack) -> tuple[subprocess.CompletedProcess[str], pb.Run, list[pb.WatchRunResponse]]:
+    result = stack.autopack("run", "plan.yaml")
+    with grpc.insecure_channel(stack.env["AUTOPACK_ORCHESTRATOR_ADDR"]) as channel:
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+        run = stub.GetRun(pb.GetRunRequest(run_id=RUN_ID), timeout=10).run
+        events = list(stub.WatchRun(pb.WatchRunRequest(run_id=RUN_ID), timeout=30))
+    return result, run, events
+
+
+def recovery_events(events: list[pb.WatchRunResponse], phase_id: str) -> list[str]:
+    return [e.message for e in events if e.phase_id == phase_id and e.type == pb.EVENT_TYPE_RECOVERY]
+
+
+def test_the_run_completes_without_a_human(finished) -> None:
+    result, run, _ = finished
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert run.state == pb.STATE_COMPLETE, run.failure_reason
+    phases = {phase.spec.phase_id: phase for tier in run.tiers for phase in tier.phases}
+    assert all(phase.state == pb.STATE_COMPLETE for phase in phases.values())
+    workspace = Path(run.workspace_path)
+    assert (workspace / "textkit" / "slug.py").read_text() == SLUG
+    assert (workspace / "textkit" / "stats.py").read_text() == STATS
+    assert (workspace / "textkit" / "words.py").read_text() == BIG_MODULE
+    # Doctor and re-plan tokens are in the run's total on top of every attempt's.
+    attempts_total = sum(a.usage.total_tokens for p in phases.values() for a in p.attempts)
+    assert run.usage.total_tokens > attempts_total
+
+
+def test_missing_dependency_is_mitigated_with_a_hint_in_the_next_prompt(stack: Stack, finished) -> None:
+    _, run, events = finished
+    dep = next(p for t in run.tiers for p in t.phases if p.spec.phase_id == "dep")
+    assert [a.outcome for a in dep.attempts] == [pb.ATTEMPT_OUTCOME_CHECKS_FAILED, pb.ATTEMPT_OUTCOME_SUCCESS]
+    assert dep.attempts[0].check_verdict == "COLLECTION_ERROR"
+    assert "unidecode_nowhere" in dep.attempts[0].fingerprint
+    assert dep.mitigations == ["python_missing_dep"]
+    [mitigation] = recovery_events(events, "dep")
+    assert mitigation.startswith("mitigation: python_missing_dep") and "doctor not needed" in mitigation
+    second_prompt = [
+        seen.text for seen in stack.model.seen if seen.phase_id == "dep" and seen.kind == "build"
+    ][1]
+    assert "'unidecode_nowhere' is NOT installed" in second_prompt
+    assert dep.doctor_calls == 0
+
+
+def test_truncation_escalates_the_budget_once(stack: Stack, finished) -> None:
+    _, run, events = finished
+    trunc = next(p for t in run.tiers for p in t.phases if p.spec.phase_id == "trunc")
+    cut, retry = trunc.attempts
+    assert cut.outcome == pb.ATTEMPT_OUTCOME_TRUNCATED and retry.outcome == pb.ATTEMPT_OUTCOME_SUCCESS
+    assert retry.actual_max_tokens > cut.actual_max_tokens
+    budgets = [
+        seen.max_tokens for seen in stack.model.seen if seen.phase_id == "trunc" and seen.kind == "build"
+    ]
+    assert budgets == [cut.actual_max_tokens, retry.actual_max_tokens]
+    assert any(message.startswith("estimate: escalated") for message in recovery_events(events, "trunc"))
+
+
+def test_similar_failures_bring_the_doctor_then_a_re_plan(stack: Stack, finished) -> None:
+    _, run, events = finished
+    similar = next(p for t in run.tiers for p in t.phases if p.spec.phase_id == "similar")
+    assert [a.outcome for a in similar.attempts] == [pb.ATTEMPT_OUTCOME_CHECKS_FAILED] * 2 + [
+        pb.ATTEMPT_OUTCOME_SUCCESS
+    ]
+    first, second = similar.attempts[:2]
+    assert first.fingerprint and first.fingerprint.split("|")[0] == second.fingerprint.split("|")[0]
+    messages = recovery_events(events, "similar")
+    doctor = [m for m in messages if m.startswith("doctor: retry_with_hint")]
+    replan = [m for m in messages if m.startswith("replan: attempts 1 and 2 failed the same way")]
+    assert len(doctor) == 1 and "Divide the sum by len(values)" in doctor[0]
+    assert len(replan) == 1 and "no off-by-one" in replan[0]
+    assert similar.doctor_calls == 1 and similar.replans == 1
+    assert similar.original_description.startswith("Add textkit/stats.py with mean(values) and tests")
+    assert "no off-by-one" in similar.spec.description
+    builds = [seen.text for seen in stack.model.seen if seen.phase_id == "similar" and seen.kind == "build"]
+    assert "Divide the sum by len(values)" in builds[1]  # the doctor's hint reached the prompt
+    assert "no off-by-one" in builds[2]  # the revised description is what the builder was asked
+
+
+def test_a_flaky_check_does_not_fail_the_phase(finished) -> None:
+    _, run, events = finished
+    flaky = next(p for t in run.tiers for p in t.phases if p.spec.phase_id == "flaky")
+    assert [a.outcome for a in flaky.attempts] == [pb.ATTEMPT_OUTCOME_SUCCESS]
+    assert any("flaky" in message for message in recovery_events(events, "flaky"))
+
+
+def test_status_shows_every_attempt_with_reason_and_tokens(stack: Stack, finished) -> None:
+    result = stack.autopack("status", RUN_ID)
+    assert result.returncode == 0, result.stderr
+    assert "attempts" in result.stdout and "CHECKS_FAILED" in result.stdout and "TRUNCATED" in result.stdout
+    assert "mitigations python_missing_dep" in result.stdout
+    listed = stack.autopack("runs")
+    assert RUN_ID in listed.stdout and "COMPLETE" in listed.stdout and "4/4" in listed.stdout
