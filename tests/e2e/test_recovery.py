@@ -11,18 +11,14 @@ must show each mitigation, diagnosis and re-plan.
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import uuid
-from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,90 +59,13 @@ BIG_MODULE = "".join(f"WORD_{i} = {i}\n" for i in range(300))
 
 
 def files_answer(*files: tuple[str, str]) -> str:
+    """The builder's JSON output contract: every file created with its full content."""
     return json.dumps(
         {
             "summary": "Did the phase.",
             "files": [{"path": p, "mode": "create", "new_content": c} for p, c in files],
         }
     )
-
-
-@dataclass
-class Seen:
-    kind: str  # build, diagnose or replan
-    phase_id: str
-    max_tokens: int
-    text: str
-
-
-@dataclass
-class ScriptedModel:
-    """A Messages API server answering per phase and request kind from a script; keeps every request."""
-
-    script: dict[tuple[str, str], list[dict[str, Any]]]
-    seen: list[Seen] = field(default_factory=list)
-    counts: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def answer(self, body: dict[str, Any]) -> dict[str, Any]:
-        system = body.get("system", "")
-        if isinstance(system, list):
-            system = " ".join(block.get("text", "") for block in system)
-        user = " ".join(
-            message["content"]
-            if isinstance(message["content"], str)
-            else " ".join(block.get("text", "") for block in message["content"])
-            for message in body.get("messages", [])
-        )
-        kind = "diagnose" if "Doctor" in system else "replan" if "planner" in system else "build"
-        match = PHASE_HEADER.search(user)
-        phase_id = match.group(1) if match else "?"
-        with self.lock:
-            self.seen.append(Seen(kind, phase_id, int(body.get("max_tokens", 0)), user))
-            replies = self.script.get((phase_id, kind)) or [{"text": "{}"}]
-            index = self.counts[(phase_id, kind)]
-            self.counts[(phase_id, kind)] += 1
-        reply = replies[min(index, len(replies) - 1)]
-        text = reply["text"]
-        output_tokens = max(len(text) // 4, 1)
-        stop = "end_turn"
-        if reply.get("truncate"):
-            output_tokens, stop = int(body["max_tokens"]), "max_tokens"
-            text = text[: len(text) // 2]
-        return {
-            "id": f"msg_{uuid.uuid4().hex[:20]}",
-            "type": "message",
-            "role": "assistant",
-            "model": body.get("model", "claude-sonnet-4-6"),
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": stop,
-            "stop_sequence": None,
-            "usage": {"input_tokens": len(user) // 4 + len(system) // 4, "output_tokens": output_tokens},
-        }
-
-
-def serve(model: ScriptedModel) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))) or b"{}")
-            ok = self.path == "/v1/messages" and (
-                self.headers.get("x-api-key") == API_KEY
-                or self.headers.get("authorization") == f"Bearer {API_KEY}"
-            )
-            reply = model.answer(body) if ok else {"type": "error", "error": {"type": "authentication_error"}}
-            payload = json.dumps(reply).encode()
-            self.send_response(200 if ok else 401)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *_args: object) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    return server
 
 
 SCRIPT: dict[tuple[str, str], list[dict[str, Any]]] = {
@@ -238,7 +157,7 @@ def _free_port() -> int:
 @dataclass
 class Stack:
     env: dict[str, str]
-    model: ScriptedModel
+    model: Any
     root: Path
 
     def autopack(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -248,7 +167,10 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, scripted_model: Any, clean_environment: dict[str, str]
+) -> Iterator[Stack]:
+
     root = tmp_path_factory.mktemp("recovery")
     source = root / "source"
     (source / "textkit").mkdir(parents=True)
@@ -261,13 +183,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         ["git", "-C", str(source), "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "base"],
         check=True,
     )
-    model = ScriptedModel(SCRIPT)
-    server = serve(model)
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("ANTHROPIC_", "OPENAI_", "OTEL_", "AUTOPACK_", "DATABASE_URL", "QDRANT_"))
-    }
+    model = scripted_model(SCRIPT)
+    env = dict(clean_environment)
     env.update(
         {
             "AUTOPACK_STATE_DIR": str(root / "state"),
@@ -275,7 +192,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "AUTOPACK_TRACE_DIR": str(root / "state" / "traces"),
             "AUTOPACK_BUILDER_PROVIDER": "anthropic",
             "ANTHROPIC_API_KEY": API_KEY,
-            "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{server.server_address[1]}",
+            "ANTHROPIC_BASE_URL": model.base_url,
             "AUTOPACK_MEMORY_EMBEDDINGS": "none",
         }
     )
@@ -289,7 +206,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
     finally:
         running.autopack("down")
-        server.shutdown()
         FLAKY_MARK.unlink(missing_ok=True)
 
 
@@ -331,9 +247,7 @@ def test_missing_dependency_is_mitigated_with_a_hint_in_the_next_prompt(stack: S
     assert dep.mitigations == ["python_missing_dep"]
     [mitigation] = recovery_events(events, "dep")
     assert mitigation.startswith("mitigation: python_missing_dep") and "doctor not needed" in mitigation
-    second_prompt = [
-        seen.text for seen in stack.model.seen if seen.phase_id == "dep" and seen.kind == "build"
-    ][1]
+    second_prompt = stack.model.requests("dep")[1].text
     assert "'unidecode_nowhere' is NOT installed" in second_prompt
     assert dep.doctor_calls == 0
 
@@ -344,9 +258,7 @@ def test_truncation_escalates_the_budget_once(stack: Stack, finished) -> None:
     cut, retry = trunc.attempts
     assert cut.outcome == pb.ATTEMPT_OUTCOME_TRUNCATED and retry.outcome == pb.ATTEMPT_OUTCOME_SUCCESS
     assert retry.actual_max_tokens > cut.actual_max_tokens
-    budgets = [
-        seen.max_tokens for seen in stack.model.seen if seen.phase_id == "trunc" and seen.kind == "build"
-    ]
+    budgets = [seen.max_tokens for seen in stack.model.requests("trunc")]
     assert budgets == [cut.actual_max_tokens, retry.actual_max_tokens]
     assert any(message.startswith("estimate: escalated") for message in recovery_events(events, "trunc"))
 
@@ -367,7 +279,7 @@ def test_similar_failures_bring_the_doctor_then_a_re_plan(stack: Stack, finished
     assert similar.doctor_calls == 1 and similar.replans == 1
     assert similar.original_description.startswith("Add textkit/stats.py with mean(values) and tests")
     assert "no off-by-one" in similar.spec.description
-    builds = [seen.text for seen in stack.model.seen if seen.phase_id == "similar" and seen.kind == "build"]
+    builds = [seen.text for seen in stack.model.requests("similar")]
     assert "Divide the sum by len(values)" in builds[1]  # the doctor's hint reached the prompt
     assert "no off-by-one" in builds[2]  # the revised description is what the builder was asked
 
