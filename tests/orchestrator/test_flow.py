@@ -37,6 +37,7 @@ from autopack_memory.__main__ import build_memory
 from autopack_memory.service import MemoryServicer, memory_binding
 from autopack_memory.settings import MemorySettings
 from autopack_orchestrator.clients import ServiceClients
+from autopack_orchestrator.convert import phase_from_proto
 from autopack_orchestrator.events import State
 from autopack_orchestrator.executor import smape
 from autopack_orchestrator.plan import PhaseSpec, Plan, TierSpec
@@ -113,6 +114,12 @@ RECORDINGS: list[dict[str, Any]] = [
     },
     # the happy run again, for the PostgreSQL variant
     *[{**line, "run_id": "happy-pg"} for line in RECORDINGS_HAPPY],
+    # cancelled mid-attempt, then resumed; and three runs a drain picks up
+    *[
+        {**line, "run_id": run_id}
+        for run_id in ("cancel", "drain-a", "drain-b", "drain-c")
+        for line in RECORDINGS_HAPPY
+    ],
     # resumed after a crash: phase 2 only
     {
         "run_id": "resumed",
@@ -602,3 +609,131 @@ def test_truncated_attempt_is_retried_with_an_escalated_budget(stack: Stack, sta
     assert retry.usage.output_tokens == needed
     assert any(event.message.startswith("estimate: escalated") for event in events)
     assert (Path(run.workspace_path) / "src" / "big.py").read_text() == body
+
+
+def test_cancel_mid_attempt_then_resume_keeps_finished_work_and_does_not_count_the_cut_attempt(
+    stack: Stack, start_orchestrator: Any, tmp_path: Path
+) -> None:
+    running = start_orchestrator()
+    release = tmp_path / "release"
+    # p1's check waits until the test has asked for the cancel: the attempt is provably in flight.
+    wait = f"import pathlib, time\nwhile not pathlib.Path({str(release)!r}).exists(): time.sleep(0.02)"
+    request_plan = plan(stack, "cancel", check=["python", "-c", wait])
+    running.stub.CreateRun(pb.CreateRunRequest(plan=request_plan), timeout=10)
+    running.stub.StartRun(pb.StartRunRequest(run_id="cancel"), timeout=10)
+    events = []
+    for event in running.stub.WatchRun(pb.WatchRunRequest(run_id="cancel"), timeout=60):
+        events.append(event)
+        if event.phase_id == "p1" and event.message.startswith("apply:"):
+            flagged = running.stub.CancelRun(
+                pb.CancelRunRequest(run_id="cancel", reason="user"), timeout=10
+            ).run
+            assert flagged.state == pb.STATE_EXECUTING and flagged.cancel_requested
+            release.write_text("go")
+    run = running.stub.GetRun(pb.GetRunRequest(run_id="cancel"), timeout=10).run
+    assert run.state == pb.STATE_CANCELLED and events[-1].state == pb.STATE_CANCELLED
+    p1, p2 = phases_of(run)
+    assert (p1.state, p2.state) == (pb.STATE_CANCELLED, pb.STATE_QUEUED)
+    [cut] = p1.attempts
+    assert cut.outcome == pb.ATTEMPT_OUTCOME_ERROR and not cut.counted
+    assert cut.failure_kind == pb.FAILURE_KIND_INTERRUPTED and "cancelled on request" in cut.failure_reason
+    assert (cut.usage.input_tokens, cut.usage.output_tokens) == (1234, 321)  # its tokens stay in the totals
+    assert run.usage.total_tokens == 1555
+    assert not (Path(run.workspace_path) / "src" / "mod1.py").exists()  # rolled back
+
+    resumed = running.stub.ResumeRun(pb.ResumeRunRequest(run_id="cancel"), timeout=10).run
+    assert resumed.state == pb.STATE_EXECUTING
+    events = list(running.stub.WatchRun(pb.WatchRunRequest(run_id="cancel"), timeout=60))
+    run = running.stub.GetRun(pb.GetRunRequest(run_id="cancel"), timeout=10).run
+    assert run.state == pb.STATE_COMPLETE, run.failure_reason
+    p1, p2 = phases_of(run)
+    assert [(a.number, a.counted, a.outcome) for a in p1.attempts] == [
+        (1, False, pb.ATTEMPT_OUTCOME_ERROR),
+        (2, True, pb.ATTEMPT_OUTCOME_SUCCESS),
+    ]
+    assert p1.attempt_floor == 1 and [a.outcome for a in p2.attempts] == [pb.ATTEMPT_OUTCOME_SUCCESS]
+    assert run.usage.total_tokens == 1555 * 2 + 2410
+    assert any(event.message == "run resumed on request" for event in events)
+
+
+def test_resume_and_cancel_refuse_runs_in_the_wrong_state(stack: Stack, start_orchestrator: Any) -> None:
+    running = start_orchestrator()
+    run, _ = run_to_end(running, plan(stack, "drain-c"))
+    assert run.state == pb.STATE_COMPLETE
+    before = list(running.stub.WatchRun(pb.WatchRunRequest(run_id="drain-c"), timeout=10))
+    for call, request in (
+        (running.stub.ResumeRun, pb.ResumeRunRequest(run_id="drain-c")),
+        (running.stub.CancelRun, pb.CancelRunRequest(run_id="drain-c")),
+    ):
+        with pytest.raises(grpc.RpcError) as error:
+            call(request, timeout=10)
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "COMPLETE" in (error.value.details() or "")
+    after = list(running.stub.WatchRun(pb.WatchRunRequest(run_id="drain-c"), timeout=10))
+    assert len(after) == len(before)  # nothing changed
+
+
+def test_drain_re_runs_failed_and_queued_phases_across_runs(
+    stack: Stack, start_orchestrator: Any, sqlite_url: str
+) -> None:
+    # drain-a failed at p1 (p2 never ran); drain-b was created but never started.
+    engine = create_db_engine(sqlite_url)
+    upgrade_schema(engine, "autopack_orchestrator.migrations", "alembic_version_orchestrator")
+    store = RunStore(engine)
+    for run_id in ("drain-a", "drain-b"):
+        spec = plan(stack, run_id)
+        store.create_run(
+            Plan(
+                run_id=run_id,
+                name=run_id,
+                source_repo=str(stack.source_repo),
+                tiers=tuple(
+                    TierSpec(tier_id=tier.tier_id, phases=tuple(phase_from_proto(p) for p in tier.phases))
+                    for tier in spec.tiers
+                ),
+            )
+        )
+    store.start_run("drain-a", "gone", 60)
+    store.set_phase_state("drain-a", "p1", State.FAILED, "phase p1 failed", "checks failed")
+    store.finish_run("drain-a", State.FAILED, "run failed", "phase p1: checks failed")
+    engine.dispose()
+    running = start_orchestrator(sqlite_url)
+
+    dry = running.stub.StartDrain(
+        pb.StartDrainRequest(options=pb.DrainOptions(dry_run=True, skip_phases=["drain-b/p1"])), timeout=10
+    ).session
+    assert dry.state == pb.STATE_COMPLETE and dry.summary.stop_reason.startswith("dry run")
+    assert [(i.run_id, i.phase_id, i.state) for i in dry.planned] == [
+        ("drain-a", "p1", pb.STATE_FAILED),
+        ("drain-b", "p1", pb.STATE_QUEUED),
+    ]
+    assert dry.planned[1].reason == "skipped: listed in skip_phases"
+    assert running.stub.GetRun(pb.GetRunRequest(run_id="drain-a"), timeout=10).run.state == pb.STATE_FAILED
+
+    session = running.stub.StartDrain(
+        pb.StartDrainRequest(options=pb.DrainOptions(batch_size=10)), timeout=10
+    )
+    session_id = session.session.session_id
+    while True:
+        found = running.stub.GetDrainSession(
+            pb.GetDrainSessionRequest(session_id=session_id), timeout=10
+        ).session
+        if found.state != pb.STATE_EXECUTING:
+            break
+        running.orchestrator.executor.wait_idle(1)  # at most a second between looks; returns early when idle
+    assert found.state == pb.STATE_COMPLETE, found.summary.stop_reason
+    # Sample first: one phase of each run before the second phase of any (two run at once).
+    drained = [(i.run_id, i.phase_id) for i in found.results]
+    assert sorted(drained[:2]) == [("drain-a", "p1"), ("drain-b", "p1")]
+    assert sorted(drained[2:]) == [("drain-a", "p2"), ("drain-b", "p2")]
+    assert all(item.state == pb.STATE_COMPLETE and item.attempts == 1 for item in found.results)
+    summary = found.summary
+    assert (summary.processed, summary.completed, summary.failed, summary.attempts) == (4, 4, 0, 4)
+    assert summary.total_tokens == 2 * (1555 + 2410)
+    assert summary.completed_per_attempt == 1.0
+    assert summary.completed_per_1k_tokens == pytest.approx(4 / 7.93)
+    assert summary.zero_yield_reason == "" and summary.stop_reason == "nothing left to drain"
+    for run_id in ("drain-a", "drain-b"):
+        drained_run = running.stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=10).run
+        assert drained_run.state == pb.STATE_COMPLETE
+        assert [len(p.attempts) for p in phases_of(drained_run)] == [1, 1]

@@ -374,8 +374,11 @@ class DrainController:
             chosen.append((triage.priority(run.run_id), index, run.run_id, phase_id))
         chosen.sort()
         free = min(parallelism - len(in_flight), room)
-        if triage.options.sample_first and any(priority == 0 for priority, *_ in chosen):
-            chosen = [entry for entry in chosen if entry[0] == 0]  # finish sampling first
+        sampling = any(priority == 0 for priority, *_ in chosen) or any(
+            not triage.of(run_id).sampled for run_id in in_flight
+        )
+        if triage.options.sample_first and sampling:
+            chosen = [entry for entry in chosen if entry[0] == 0]  # finish sampling every run first
         return [(run_id, phase_id) for _, _, run_id, phase_id in chosen[: max(free, 0)]]
 
     def _wait_for_any(self, in_flight: dict[str, _InFlight]) -> list[str]:

@@ -965,6 +965,7 @@ class RunExecutor:
         if command:
             self._run_checks(run_id, phase_id, spec, command, attempt, step)
 
+        self._checkpoint(run_id)
         if spec.deliverables:
             present = self._call(
                 "applier",

@@ -104,7 +104,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     def WatchRun(
         self, request: pb.WatchRunRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.WatchRunResponse]:
-        """Replay stored events, then follow new ones until the run's terminal event."""
+        """Replay stored events, then follow new ones until the run's (latest) terminal event."""
         run_id = validate_run_id(request.run_id)
         if request.after_sequence < 0:
             raise InvalidArgument("after_sequence", "must not be negative")
@@ -120,8 +120,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             for event in events:
                 yield event_to_proto(event)
                 last = event.sequence
-                if event.ends_run:
-                    return
+            # Only the latest terminal event ends the stream: a resumed run goes on after an old one.
+            if events and events[-1].ends_run and finished:
+                return
             if not events:
                 if finished:
                     return
