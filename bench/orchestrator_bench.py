@@ -186,10 +186,7 @@ def overhead_section(quick: bool) -> Section:
                 stub.StartRun(pb.StartRunRequest(run_id=run_id), timeout=60)
                 for _ in stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=120):
                     pass
-        for process in started:
-            process.send_signal(signal.SIGTERM)  # flush every span file
-        for process in started:
-            process.wait(30)
+        _stop(started)
         spans = _spans(root / "traces")
     phase_spans = {
         span["context"]["trace_id"]: span
@@ -230,8 +227,16 @@ def overhead_section(quick: bool) -> Section:
     return section
 
 
-def _drain_throughput(replicas: int, runs: int) -> tuple[float, float, int]:
-    """Seconds to drain ``runs`` single-phase QUEUED runs, phases per second, phases completed."""
+def _stop(started: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process and wait: their span files are complete afterwards."""
+    for process in started:
+        process.send_signal(signal.SIGTERM)
+    for process in started:
+        process.wait(30)
+
+
+def _drain_throughput(replicas: int, runs: int) -> tuple[float, float, int, list[int]]:
+    """Seconds to drain ``runs`` single-phase QUEUED runs, phases/s, completed, phases per replica."""
     with (
         tempfile.TemporaryDirectory(prefix="orchestrator-drain-") as scratch,
         _postgres_database() as database_url,
@@ -266,21 +271,33 @@ def _drain_throughput(replicas: int, runs: int) -> tuple[float, float, int]:
                     pb.GetDrainSessionRequest(session_id=session.session_id), timeout=60
                 ).session
             elapsed = time.monotonic() - began
-        return elapsed, session.summary.completed / elapsed, session.summary.completed
+        _stop(started)
+        per_replica = [
+            sum(1 for span in _spans(root / f"traces-{replica}") if span["name"] == "phase p1")
+            for replica in range(replicas)
+        ]
+        return elapsed, session.summary.completed / elapsed, session.summary.completed, per_replica
 
 
 def throughput_section(quick: bool) -> Section:
     runs = 40 if quick else 200
     section = Section(
         title=f"orchestrator: drain of {runs} single-phase runs on PostgreSQL (4 workers per replica)",
-        columns=["replicas", "completed", "seconds", "phases/s", "vs 1 replica"],
+        columns=["replicas", "completed", "phases per replica", "seconds", "phases/s", "vs 1 replica"],
     )
     baseline = 0.0
     for replicas in (1, 2):
-        seconds, rate, completed = _drain_throughput(replicas, runs)
+        seconds, rate, completed, per_replica = _drain_throughput(replicas, runs)
         baseline = baseline or rate
         section.rows.append(
-            [str(replicas), str(completed), f"{seconds:.1f}", f"{rate:.2f}", f"{rate / baseline:.2f}x"]
+            [
+                str(replicas),
+                str(completed),
+                " / ".join(map(str, per_replica)),
+                f"{seconds:.1f}",
+                f"{rate:.2f}",
+                f"{rate / baseline:.2f}x",
+            ]
         )
     section.notes.append(
         f"one machine ({os.cpu_count()} cores) runs every process: the shared estimator, builder, applier and "
