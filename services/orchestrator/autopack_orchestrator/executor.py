@@ -438,7 +438,10 @@ class RunExecutor:
                         self._store.append_event(run_id, EventType.RECOVERY, breach, phase_id=phase_id)
                         raise RunStopped(State.FAILED, breach)
                     number = max((attempt.number for attempt in phase.attempts), default=0) + 1
-                    last = self._run_attempt(run, phase, number, finished[-1] if finished else None)
+                    # The prompt and the budget learn from the last attempt that counted, not from an
+                    # infrastructure error or an interruption.
+                    counted = [attempt for attempt in finished if attempt.counted]
+                    last = self._run_attempt(run, phase, number, counted[-1] if counted else None)
                     if last.record.outcome is Outcome.SUCCESS:
                         state, reason = State.COMPLETE, ""
                         break
