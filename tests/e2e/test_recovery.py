@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -110,6 +112,20 @@ SCRIPT: dict[tuple[str, str], list[dict[str, Any]]] = {
     ],
 }
 
+SLOW_GATE = threading.Event()
+SLOW_PLAN = """\
+run_id: e2e-ctrl-c
+name: interrupted and resumed
+source_repo: {source}
+tiers:
+  - tier_id: t1
+    phases:
+      - phase_id: slow
+        description: Add textkit/slow.py with slugify(text).
+        deliverables: [textkit/slow.py]
+        scope: {{paths: [textkit/]}}
+"""
+
 PLAN = """\
 run_id: {run_id}
 name: recovery end to end
@@ -183,7 +199,10 @@ def stack(
         ["git", "-C", str(source), "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "base"],
         check=True,
     )
-    model = scripted_model(SCRIPT)
+    model = scripted_model(
+        {**SCRIPT, ("slow", "build"): [{"text": files_answer(("textkit/slow.py", SLUG))}]},
+        {("slow", "build"): SLOW_GATE},
+    )
     env = dict(clean_environment)
     env.update(
         {
@@ -199,6 +218,7 @@ def stack(
     for service in SERVICES:
         env[f"AUTOPACK_{service.upper()}_ADDR"] = f"127.0.0.1:{_free_port()}"
     (root / "plan.yaml").write_text(PLAN.format(run_id=RUN_ID, source=source))
+    (root / "slow.yaml").write_text(SLOW_PLAN.format(source=source))
     running = Stack(env, model, root)
     started = running.autopack("up")
     try:
@@ -298,3 +318,43 @@ def test_status_shows_every_attempt_with_reason_and_tokens(stack: Stack, finishe
     assert "mitigations python_missing_dep" in result.stdout
     listed = stack.autopack("runs")
     assert RUN_ID in listed.stdout and "COMPLETE" in listed.stdout and "4/4" in listed.stdout
+
+
+def test_ctrl_c_leaves_the_run_going_then_watch_cancel_and_resume(stack: Stack, finished) -> None:
+    following = subprocess.Popen(
+        [AUTOPACK, "run", "slow.yaml"],
+        env=stack.env,
+        cwd=stack.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stack.model.wait_for("slow")  # the run is inside its first attempt, waiting for the model
+    following.send_signal(signal.SIGINT)
+    _, stderr = following.communicate(timeout=60)
+    assert following.returncode == 130
+    assert "continues in the background" in stderr and "autopack watch e2e-ctrl-c" in stderr
+    assert "EXECUTING" in stack.autopack("runs", "--state", "executing").stdout
+
+    cancel = stack.autopack("cancel", "e2e-ctrl-c", "--reason", "changed my mind")
+    assert cancel.returncode == 0 and "cancel requested" in cancel.stdout
+    SLOW_GATE.set()
+    watched = stack.autopack("watch", "e2e-ctrl-c")
+    assert watched.returncode == 1 and "cancel requested: changed my mind" in watched.stdout
+    assert "run cancelled" in watched.stdout
+
+    resumed = stack.autopack("resume", "e2e-ctrl-c")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resumed from slow" in resumed.stdout and "COMPLETE" in resumed.stdout
+    with grpc.insecure_channel(stack.env["AUTOPACK_ORCHESTRATOR_ADDR"]) as channel:
+        run = (
+            orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+            .GetRun(pb.GetRunRequest(run_id="e2e-ctrl-c"), timeout=10)
+            .run
+        )
+    [phase] = [p for t in run.tiers for p in t.phases]
+    cut, done = phase.attempts
+    assert not cut.counted and cut.failure_kind == pb.FAILURE_KIND_INTERRUPTED
+    assert cut.usage.total_tokens > 0  # the build answered before the cancel took effect: its tokens count
+    assert done.counted and done.outcome == pb.ATTEMPT_OUTCOME_SUCCESS
+    assert run.usage.total_tokens == cut.usage.total_tokens + done.usage.total_tokens
