@@ -94,6 +94,37 @@ class ScriptedModel:
             return [seen for seen in self.seen if seen.phase_id == phase_id and seen.kind == kind]
 
 
+def serve_scripted_model(model: ScriptedModel) -> ThreadingHTTPServer:
+    """Serve ``model`` on 127.0.0.1 (port chosen by the OS); sets ``model.base_url``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))) or b"{}")
+            authorised = self.headers.get("x-api-key") == API_KEY or (
+                self.headers.get("authorization") == f"Bearer {API_KEY}"
+            )
+            ok = self.path == "/v1/messages" and authorised
+            reply = model.answer(body) if ok else {"type": "error", "error": {"type": "authentication_error"}}
+            payload = json.dumps(reply).encode()
+            try:
+                self.send_response(200 if ok else 401)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except OSError:
+                pass  # the caller died while the reply was held (a killed replica's builder call)
+
+        def log_message(self, *_args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    model.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+    return server
+
+
 @pytest.fixture(scope="module")
 def scripted_model() -> Iterator[Callable[..., ScriptedModel]]:
     """Start scripted Messages API servers (``start(script, gates)``); all stopped afterwards."""
@@ -104,35 +135,7 @@ def scripted_model() -> Iterator[Callable[..., ScriptedModel]]:
         gates: dict[tuple[str, str], threading.Event] | None = None,
     ) -> ScriptedModel:
         model = ScriptedModel(script, gates or {})
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))) or b"{}")
-                authorised = self.headers.get("x-api-key") == API_KEY or (
-                    self.headers.get("authorization") == f"Bearer {API_KEY}"
-                )
-                ok = self.path == "/v1/messages" and authorised
-                reply = (
-                    model.answer(body) if ok else {"type": "error", "error": {"type": "authentication_error"}}
-                )
-                payload = json.dumps(reply).encode()
-                try:
-                    self.send_response(200 if ok else 401)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except OSError:
-                    pass  # the caller died while the reply was held (a killed replica's builder call)
-
-            def log_message(self, *_args: object) -> None:
-                return None
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        servers.append(server)
-        model.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+        servers.append(serve_scripted_model(model))
         return model
 
     yield start

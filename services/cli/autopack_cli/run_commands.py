@@ -55,6 +55,15 @@ def _outcome(value: int) -> str:
     return orchestrator_pb2.AttemptOutcome.Name(value).removeprefix("ATTEMPT_OUTCOME_")
 
 
+def one_line(text: str, limit: int = 160) -> str:
+    """A reason for a table cell or an event line: whitespace collapsed, at most ``limit`` characters.
+
+    The full text (check output and all) stays in ``autopack status`` and the run's events.
+    """
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _stub() -> orchestrator_pb2_grpc.OrchestratorServiceStub:
     return orchestrator_pb2_grpc.OrchestratorServiceStub(open_channel("orchestrator"))
 
@@ -90,7 +99,10 @@ def phase_table(run: orchestrator_pb2.Run) -> Table:
                 f"{last.actual_max_tokens:,}" if last else "-",
                 f"{input_tokens:,}" if last else "-",
                 f"{output_tokens:,}" if last else "-",
-                (_outcome(last.outcome) + (f": {last.failure_reason}" if last.failure_reason else ""))
+                (
+                    _outcome(last.outcome)
+                    + (f": {one_line(last.failure_reason, 100)}" if last.failure_reason else "")
+                )
                 if last
                 else "-",
                 (last.provider + (" (recorded)" if last.provider == "replay" else "")) if last else "-",
@@ -138,7 +150,7 @@ def attempts_table(run: orchestrator_pb2.Run) -> Table:
                     f"{attempt.usage.input_tokens:,}" if attempt.usage.HasField("input_tokens") else "?",
                     f"{attempt.usage.output_tokens:,}" if attempt.usage.HasField("output_tokens") else "?",
                     f"{attempt.usage.total_tokens:,}",
-                    attempt.failure_reason[:160].replace("\n", " "),
+                    one_line(attempt.failure_reason, 240),
                 )
     return table
 
@@ -162,7 +174,7 @@ def print_report(run: orchestrator_pb2.Run, attempts: bool = False) -> None:
         f"tokens: input {usage.input_tokens:,} · output {usage.output_tokens:,} · total {usage.total_tokens:,}"
     )
     if run.failure_reason:
-        console.print(f"[red]failure:[/red] {run.failure_reason}")
+        console.print(f"[red]failure:[/red] {one_line(run.failure_reason, 300)}")
     if any(a.provider == "replay" for t in run.tiers for p in t.phases for a in p.attempts):
         console.print(
             "[yellow]provider replay: responses were served from recordings, not a live LLM[/yellow]"

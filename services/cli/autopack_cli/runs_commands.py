@@ -10,7 +10,7 @@ from autopack.orchestrator.v1 import orchestrator_pb2 as pb
 from rich.table import Table
 
 from autopack_cli.output import console, errors, rpc_failure
-from autopack_cli.run_commands import RPC_TIMEOUT, _state, _stub, detach_hint, print_report
+from autopack_cli.run_commands import RPC_TIMEOUT, _state, _stub, detach_hint, one_line, print_report
 
 DRAIN_POLL_SECONDS = 1.0
 
@@ -44,7 +44,7 @@ def runs(
             f"{done}/{len(phases)}",
             f"{run.usage.total_tokens:,}",
             run.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
-            run.failure_reason[:80],
+            one_line(run.failure_reason, 80),
         )
     console.print(table)
     if not found.runs:
@@ -60,7 +60,9 @@ def follow_events(run_id: str) -> None:
             where = f"{event.phase_id}: " if event.phase_id else ""
             kind = pb.EventType.Name(event.type).removeprefix("EVENT_TYPE_").lower()
             style = "yellow" if event.type == pb.EVENT_TYPE_RECOVERY else "dim" if kind == "step" else "bold"
-            console.print(f"{event.sequence:>4} {when} [{style}]{kind:<16}[/{style}] {where}{event.message}")
+            console.print(
+                f"{event.sequence:>4} {when} [{style}]{kind:<16}[/{style}] {where}{one_line(event.message, 200)}"
+            )
     except KeyboardInterrupt:
         errors.print(f"stopped watching. {detach_hint(run_id)}")
         raise typer.Exit(130) from None
@@ -123,7 +125,7 @@ def _drain_items(title: str, items: list[pb.DrainItem]) -> Table:
             str(item.attempts),
             f"{item.total_tokens:,}",
             f"{item.duration_ms / 1000:.1f}",
-            item.reason[:100],
+            one_line(item.reason, 100),
         )
     return table
 
@@ -202,7 +204,7 @@ def drain(
                 if item.reason.startswith("skipped"):
                     mark = "[dim]-[/dim]"
                 console.print(
-                    f"  {mark} {item.run_id}/{item.phase_id}: {_state(item.state)} — {item.reason[:120]}"
+                    f"  {mark} {item.run_id}/{item.phase_id}: {_state(item.state)} — {one_line(item.reason, 120)}"
                 )
             shown = len(session.results)
             if session.state != pb.STATE_EXECUTING:
