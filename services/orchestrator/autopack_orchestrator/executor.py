@@ -609,6 +609,17 @@ class RunExecutor:
                 return None
         return self._doctor(run, record.doctor_calls, phase, failures)
 
+    def _doctor_request(
+        self, run: RunRecord, phase: PhaseRecord, failures: Iterable[AttemptRecord]
+    ) -> dict[str, Any]:
+        """The fields Diagnose and Replan share: the phase as it is now, its failures, the intention."""
+        return {
+            "run_id": run.run_id,
+            "phase": phase_to_proto(phase.spec),
+            "failures": self._failed_attempts(failures),
+            "intention_context": intention_text(run),
+        }
+
     def _failed_attempts(self, failures: Iterable[AttemptRecord]) -> list[builder_pb2.FailedAttempt]:
         return [
             builder_pb2.FailedAttempt(
@@ -628,12 +639,7 @@ class RunExecutor:
                 "builder",
                 "Replan",
                 self._clients.builder.Replan,
-                builder_pb2.ReplanRequest(
-                    run_id=run_id,
-                    phase=phase_to_proto(phase.spec),
-                    failures=self._failed_attempts(failures),
-                    intention_context=intention_text(run),
-                ),
+                builder_pb2.ReplanRequest(**self._doctor_request(run, phase, failures)),
                 self._settings.build_timeout_seconds,
             )
         except StepFailed as failure:
@@ -686,10 +692,7 @@ class RunExecutor:
                 "Diagnose",
                 self._clients.builder.Diagnose,
                 builder_pb2.DiagnoseRequest(
-                    run_id=run_id,
-                    phase=phase_to_proto(phase.spec),
-                    failures=self._failed_attempts(failures),
-                    intention_context=intention_text(run),
+                    **self._doctor_request(run, phase, failures),
                     mitigations_applied=[str(item.get("pattern")) for item in phase.mitigations],
                 ),
                 self._settings.build_timeout_seconds,

@@ -51,6 +51,15 @@ from autopack_orchestrator.events import EventBus, EventType, Outcome, RunEvent,
 from autopack_orchestrator.plan import PhaseSpec, Plan
 
 DEFAULT_PAGE_SIZE = 50
+# A run nobody executes: no lease, no pending cancel, no drain limits.
+RELEASED: dict[str, Any] = {
+    "lease_owner": None,
+    "lease_expires_at": None,
+    "cancel_requested": False,
+    "only_phase": None,
+    "max_attempts": None,
+    "phase_deadline": None,
+}
 MAX_PAGE_SIZE = 500
 
 
@@ -689,12 +698,7 @@ class RunStore:
                     state=state.value,
                     failure_reason=failure_reason,
                     finished_at=self._clock(),
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    cancel_requested=False,
-                    only_phase=None,
-                    max_attempts=None,
-                    phase_deadline=None,
+                    **RELEASED,
                 )
             )
             self._append(conn, run_id, EventType.RUN_STATE, message, state=state)
@@ -709,11 +713,7 @@ class RunStore:
                 .values(
                     state=State.QUEUED.value,
                     failure_reason="",
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    only_phase=None,
-                    max_attempts=None,
-                    phase_deadline=None,
+                    **RELEASED,
                 )
             )
             self._append(conn, run_id, EventType.RUN_STATE, message, state=State.QUEUED)
@@ -759,25 +759,12 @@ class RunStore:
                         state=State.CANCELLED.value,
                         failure_reason=reason or "cancelled",
                         finished_at=now,
-                        lease_owner=None,
-                        lease_expires_at=None,
-                        cancel_requested=False,
-                        only_phase=None,
-                        max_attempts=None,
-                        phase_deadline=None,
+                        **RELEASED,
                     )
                 )
                 self._append(conn, run_id, EventType.RUN_STATE, message, state=State.CANCELLED)
         self.bus.publish(run_id)
         return self.get_run(run_id)
-
-    def cancel_requested(self, run_id: str) -> bool:
-        with self.engine.connect() as conn:
-            return bool(
-                conn.execute(
-                    select(runs.c.cancel_requested).where(runs.c.run_id == run_id)
-                ).scalar_one_or_none()
-            )
 
     def _reopen_phases(self, conn: Connection, run_id: str, phase_ids: Collection[str] | None) -> None:
         """Unfinished phases back to QUEUED with a fresh attempt budget (earlier attempts stay)."""
@@ -820,12 +807,11 @@ class RunStore:
                     failure_reason="",
                     started_at=now,
                     finished_at=None,
-                    lease_owner=owner,
-                    lease_expires_at=now + timedelta(seconds=lease_seconds),
-                    cancel_requested=False,
-                    only_phase=None,
-                    max_attempts=None,
-                    phase_deadline=None,
+                    **{
+                        **RELEASED,
+                        "lease_owner": owner,
+                        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+                    },
                 )
             )
             if result.rowcount == 0:
