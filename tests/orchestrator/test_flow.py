@@ -117,7 +117,7 @@ RECORDINGS: list[dict[str, Any]] = [
     # cancelled mid-attempt, then resumed; and three runs a drain picks up
     *[
         {**line, "run_id": run_id}
-        for run_id in ("cancel", "drain-a", "drain-b", "drain-c")
+        for run_id in ("cancel", "drain-a", "drain-b", "drain-c", "drain-t")
         for line in RECORDINGS_HAPPY
     ],
     # resumed after a crash: phase 2 only
@@ -737,3 +737,29 @@ def test_drain_re_runs_failed_and_queued_phases_across_runs(
         drained_run = running.stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=10).run
         assert drained_run.state == pb.STATE_COMPLETE
         assert [len(p.attempts) for p in phases_of(drained_run)] == [1, 1]
+
+
+def test_a_drained_phase_past_its_timeout_is_stopped_and_explains_the_zero_yield(
+    stack: Stack, start_orchestrator: Any
+) -> None:
+    running = start_orchestrator()
+    slow = ["python", "-c", "import time; time.sleep(3)"]  # the check outlasts the drain's 1 s phase limit
+    request_plan = plan(stack, "drain-t", check=slow)
+    del request_plan.tiers[1:]
+    running.stub.CreateRun(pb.CreateRunRequest(plan=request_plan), timeout=10)
+    options = pb.DrainOptions(run_ids=["drain-t"], phase_timeout_seconds=1, sample_first=False)
+    session_id = running.stub.StartDrain(pb.StartDrainRequest(options=options), timeout=10).session.session_id
+    found = running.stub.GetDrainSession(pb.GetDrainSessionRequest(session_id=session_id), timeout=10).session
+    while found.state == pb.STATE_EXECUTING:
+        running.orchestrator.executor.wait_idle(1)
+        found = running.stub.GetDrainSession(
+            pb.GetDrainSessionRequest(session_id=session_id), timeout=10
+        ).session
+    [item] = found.results
+    assert item.timed_out and item.state == pb.STATE_FAILED and item.attempts == 0
+    assert found.summary.zero_yield_reason == "every phase hit the phase timeout (1s)"
+    run = running.stub.GetRun(pb.GetRunRequest(run_id="drain-t"), timeout=10).run
+    assert run.state == pb.STATE_FAILED and "phase timeout" in run.failure_reason
+    [cut] = phases_of(run)[0].attempts
+    assert not cut.counted and cut.failure_kind == pb.FAILURE_KIND_INTERRUPTED
+    assert not (Path(run.workspace_path) / "src" / "mod1.py").exists()  # rolled back
