@@ -66,7 +66,6 @@ DEFAULT_CHECK_TIMEOUT_SECONDS = 300
 BUILDER_ERROR_DOMAIN = "builder.autopack"
 # Status codes of infrastructure trouble: retried with backoff, never counted as an attempt.
 RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED})
-TRANSIENT_CODES = RETRIED_CODES | {grpc.StatusCode.DEADLINE_EXCEEDED}
 PASSING_VERDICTS = frozenset({applier_pb2.CHECK_VERDICT_PASSED, applier_pb2.CHECK_VERDICT_NO_NEW_FAILURES})
 
 
