@@ -763,3 +763,36 @@ def test_a_drained_phase_past_its_timeout_is_stopped_and_explains_the_zero_yield
     [cut] = phases_of(run)[0].attempts
     assert not cut.counted and cut.failure_kind == pb.FAILURE_KIND_INTERRUPTED
     assert not (Path(run.workspace_path) / "src" / "mod1.py").exists()  # rolled back
+
+
+def test_an_answer_that_used_95_percent_of_its_budget_escalates_the_next_attempt_once(
+    stack: Stack, start_orchestrator: Any
+) -> None:
+    request_plan = plan(
+        stack, "highutil", check=["python", "-c", "from src.mod1 import one; assert one() == 1"]
+    )
+    del request_plan.tiers[1:]
+    estimate = expected_estimate(stack, request_plan.tiers[0].phases[0])
+    near_full = int(estimate.selected_budget * 0.96)  # complete (end_turn), but >= 95% of the budget
+    lines = [
+        {
+            "run_id": "highutil",
+            "phase_id": "p1",
+            "attempt": attempt,
+            "response": message([create("src/mod1.py", body)], 800, near_full),
+        }
+        for attempt, body in ((1, "def one() -> int:\n    return 0\n"), (2, MODULE_ONE))
+    ]
+    (stack.recordings / "highutil.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    running = start_orchestrator()
+    run, events = run_to_end(running, request_plan)
+
+    assert run.state == pb.STATE_COMPLETE, run.failure_reason
+    [phase] = phases_of(run)
+    first, second = phase.attempts
+    assert first.outcome == pb.ATTEMPT_OUTCOME_CHECKS_FAILED and first.usage.output_tokens == near_full
+    assert second.estimate_id == first.estimate_id and second.actual_max_tokens > first.actual_max_tokens
+    escalated = [e.message for e in events if e.message.startswith("estimate: escalated")]
+    assert len(escalated) == 1
+    assert f"after {near_full} of {estimate.selected_budget} tokens used" in escalated[0]
+    assert not any(e.message.startswith("doctor") for e in events)  # a token problem needs no doctor
