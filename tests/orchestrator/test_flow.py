@@ -37,6 +37,7 @@ from autopack_memory.__main__ import build_memory
 from autopack_memory.service import MemoryServicer, memory_binding
 from autopack_memory.settings import MemorySettings
 from autopack_orchestrator.clients import ServiceClients
+from autopack_orchestrator.convert import phase_from_proto
 from autopack_orchestrator.events import State
 from autopack_orchestrator.executor import smape
 from autopack_orchestrator.plan import PhaseSpec, Plan, TierSpec
@@ -113,6 +114,12 @@ RECORDINGS: list[dict[str, Any]] = [
     },
     # the happy run again, for the PostgreSQL variant
     *[{**line, "run_id": "happy-pg"} for line in RECORDINGS_HAPPY],
+    # cancelled mid-attempt, then resumed; and three runs a drain picks up
+    *[
+        {**line, "run_id": run_id}
+        for run_id in ("cancel", "drain-a", "drain-b", "drain-c", "drain-t")
+        for line in RECORDINGS_HAPPY
+    ],
     # resumed after a crash: phase 2 only
     {
         "run_id": "resumed",
@@ -228,8 +235,18 @@ class Running:
 def start_orchestrator(stack: Stack, sqlite_url: str) -> Iterator[Any]:
     started: list[Running] = []
 
-    def start(database_url: str = sqlite_url, **address_overrides: str) -> Running:
-        settings = OrchestratorSettings(database_url=database_url, rpc_timeout_seconds=20, lease_seconds=5)
+    def start(
+        database_url: str = sqlite_url,
+        settings_overrides: dict[str, Any] | None = None,
+        **address_overrides: str,
+    ) -> Running:
+        settings = OrchestratorSettings(
+            database_url=database_url,
+            rpc_timeout_seconds=20,
+            lease_seconds=5,
+            transient_backoff_seconds=0.01,
+            **(settings_overrides or {}),
+        )
         clients = ServiceClients({**stack.addresses, **address_overrides})
         orchestrator = create_orchestrator(
             settings, clients=clients, tracer=stack.provider.get_tracer("test")
@@ -464,8 +481,8 @@ def test_attempt_outside_scope_is_retried_once_and_completes(stack: Stack, start
     ]
 
 
-def test_failed_checks_roll_back_retry_once_and_fail_the_run(stack: Stack, start_orchestrator: Any) -> None:
-    running = start_orchestrator()
+def test_failed_checks_roll_back_retry_and_fail_the_run(stack: Stack, start_orchestrator: Any) -> None:
+    running = start_orchestrator(settings_overrides={"max_attempts": 2})
     check = ["python", "-c", "import sys; print('boom'); sys.exit(3)"]
     run, events = run_to_end(running, plan(stack, "failing", check=check))
 
@@ -481,6 +498,12 @@ def test_failed_checks_roll_back_retry_once_and_fail_the_run(stack: Stack, start
         assert attempt.check_exit_code == 3
         assert "exited 3" in attempt.failure_reason and "boom" in attempt.failure_reason
         assert attempt.savepoint
+        assert attempt.counted and attempt.failure_kind == pb.FAILURE_KIND_DETERMINISTIC
+        assert attempt.fingerprint.startswith("CHECKS_FAILED|") and "boom" in attempt.fingerprint
+    assert p1.attempts[0].fingerprint == p1.attempts[1].fingerprint  # paths and numbers normalised away
+    # No known pattern: the doctor was consulted between the two attempts (or said why it could not be).
+    recovery = [event.message for event in events if event.type == pb.EVENT_TYPE_RECOVERY]
+    assert len(recovery) == 1 and recovery[0].startswith("doctor")
     # Each failed attempt was rolled back: the broken module is gone.
     assert not (Path(run.workspace_path) / "src" / "mod1.py").exists()
     assert sum(event.message.startswith("rollback:") for event in events) == 2
@@ -495,17 +518,22 @@ def test_failed_checks_roll_back_retry_once_and_fail_the_run(stack: Stack, start
     assert [hit.item.metadata["outcome"] for hit in summaries.hits] == ["FAILED"]
 
 
-def test_unavailable_dependency_is_an_error_attempt_naming_it(stack: Stack, start_orchestrator: Any) -> None:
-    running = start_orchestrator(estimator="127.0.0.1:1")
+def test_unavailable_dependency_is_retried_not_counted_and_stopped_by_the_health_budget(
+    stack: Stack, start_orchestrator: Any
+) -> None:
+    running = start_orchestrator(settings_overrides={"max_infra_errors_per_run": 3}, estimator="127.0.0.1:1")
     request_plan = plan(stack, "no-estimator")
-    run, _ = run_to_end(running, request_plan)
+    run, events = run_to_end(running, request_plan)
 
     assert run.state == pb.STATE_FAILED
     [p1, p2] = phases_of(run)
-    assert [attempt.outcome for attempt in p1.attempts] == [pb.ATTEMPT_OUTCOME_ERROR] * 2
-    assert all("estimator unavailable (Estimate)" in attempt.failure_reason for attempt in p1.attempts)
-    assert "estimator unavailable" in run.failure_reason
-    assert p2.state == pb.STATE_QUEUED
+    assert [attempt.outcome for attempt in p1.attempts] == [pb.ATTEMPT_OUTCOME_ERROR] * 3
+    for attempt in p1.attempts:
+        assert "estimator unavailable (Estimate) after 4 tries" in attempt.failure_reason
+        assert not attempt.counted and attempt.failure_kind == pb.FAILURE_KIND_TRANSIENT
+    assert "health budget: 3 infrastructure errors in this run (limit 3)" in run.failure_reason
+    assert p1.state == pb.STATE_FAILED and p2.state == pb.STATE_QUEUED
+    assert any(e.type == pb.EVENT_TYPE_RECOVERY and e.message.startswith("health budget") for e in events)
 
 
 def test_crashed_run_resumes_from_first_unfinished_phase(
@@ -585,3 +613,190 @@ def test_truncated_attempt_is_retried_with_an_escalated_budget(stack: Stack, sta
     assert retry.usage.output_tokens == needed
     assert any(event.message.startswith("estimate: escalated") for event in events)
     assert (Path(run.workspace_path) / "src" / "big.py").read_text() == body
+
+
+def test_cancel_mid_attempt_then_resume_keeps_finished_work_and_does_not_count_the_cut_attempt(
+    stack: Stack, start_orchestrator: Any, tmp_path: Path
+) -> None:
+    running = start_orchestrator()
+    release = tmp_path / "release"
+    # p1's check waits until the test has asked for the cancel: the attempt is provably in flight.
+    wait = f"import pathlib, time\nwhile not pathlib.Path({str(release)!r}).exists(): time.sleep(0.02)"
+    request_plan = plan(stack, "cancel", check=["python", "-c", wait])
+    running.stub.CreateRun(pb.CreateRunRequest(plan=request_plan), timeout=10)
+    running.stub.StartRun(pb.StartRunRequest(run_id="cancel"), timeout=10)
+    events = []
+    for event in running.stub.WatchRun(pb.WatchRunRequest(run_id="cancel"), timeout=60):
+        events.append(event)
+        if event.phase_id == "p1" and event.message.startswith("apply:"):
+            flagged = running.stub.CancelRun(
+                pb.CancelRunRequest(run_id="cancel", reason="user"), timeout=10
+            ).run
+            assert flagged.state == pb.STATE_EXECUTING and flagged.cancel_requested
+            release.write_text("go")
+    run = running.stub.GetRun(pb.GetRunRequest(run_id="cancel"), timeout=10).run
+    assert run.state == pb.STATE_CANCELLED and events[-1].state == pb.STATE_CANCELLED
+    p1, p2 = phases_of(run)
+    assert (p1.state, p2.state) == (pb.STATE_CANCELLED, pb.STATE_QUEUED)
+    [cut] = p1.attempts
+    assert cut.outcome == pb.ATTEMPT_OUTCOME_ERROR and not cut.counted
+    assert cut.failure_kind == pb.FAILURE_KIND_INTERRUPTED and "cancelled on request" in cut.failure_reason
+    assert (cut.usage.input_tokens, cut.usage.output_tokens) == (1234, 321)  # its tokens stay in the totals
+    assert run.usage.total_tokens == 1555
+    assert not (Path(run.workspace_path) / "src" / "mod1.py").exists()  # rolled back
+
+    resumed = running.stub.ResumeRun(pb.ResumeRunRequest(run_id="cancel"), timeout=10).run
+    assert resumed.state == pb.STATE_EXECUTING
+    events = list(running.stub.WatchRun(pb.WatchRunRequest(run_id="cancel"), timeout=60))
+    run = running.stub.GetRun(pb.GetRunRequest(run_id="cancel"), timeout=10).run
+    assert run.state == pb.STATE_COMPLETE, run.failure_reason
+    p1, p2 = phases_of(run)
+    assert [(a.number, a.counted, a.outcome) for a in p1.attempts] == [
+        (1, False, pb.ATTEMPT_OUTCOME_ERROR),
+        (2, True, pb.ATTEMPT_OUTCOME_SUCCESS),
+    ]
+    assert p1.attempt_floor == 1 and [a.outcome for a in p2.attempts] == [pb.ATTEMPT_OUTCOME_SUCCESS]
+    assert run.usage.total_tokens == 1555 * 2 + 2410
+    assert any(event.message == "run resumed on request" for event in events)
+
+
+def test_resume_and_cancel_refuse_runs_in_the_wrong_state(stack: Stack, start_orchestrator: Any) -> None:
+    running = start_orchestrator()
+    run, _ = run_to_end(running, plan(stack, "drain-c"))
+    assert run.state == pb.STATE_COMPLETE
+    before = list(running.stub.WatchRun(pb.WatchRunRequest(run_id="drain-c"), timeout=10))
+    for call, request in (
+        (running.stub.ResumeRun, pb.ResumeRunRequest(run_id="drain-c")),
+        (running.stub.CancelRun, pb.CancelRunRequest(run_id="drain-c")),
+    ):
+        with pytest.raises(grpc.RpcError) as error:
+            call(request, timeout=10)
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "COMPLETE" in (error.value.details() or "")
+    after = list(running.stub.WatchRun(pb.WatchRunRequest(run_id="drain-c"), timeout=10))
+    assert len(after) == len(before)  # nothing changed
+
+
+def test_drain_re_runs_failed_and_queued_phases_across_runs(
+    stack: Stack, start_orchestrator: Any, sqlite_url: str
+) -> None:
+    # drain-a failed at p1 (p2 never ran); drain-b was created but never started.
+    engine = create_db_engine(sqlite_url)
+    upgrade_schema(engine, "autopack_orchestrator.migrations", "alembic_version_orchestrator")
+    store = RunStore(engine)
+    for run_id in ("drain-a", "drain-b"):
+        spec = plan(stack, run_id)
+        store.create_run(
+            Plan(
+                run_id=run_id,
+                name=run_id,
+                source_repo=str(stack.source_repo),
+                tiers=tuple(
+                    TierSpec(tier_id=tier.tier_id, phases=tuple(phase_from_proto(p) for p in tier.phases))
+                    for tier in spec.tiers
+                ),
+            )
+        )
+    store.start_run("drain-a", "gone", 60)
+    store.set_phase_state("drain-a", "p1", State.FAILED, "phase p1 failed", "checks failed")
+    store.finish_run("drain-a", State.FAILED, "run failed", "phase p1: checks failed")
+    engine.dispose()
+    running = start_orchestrator(sqlite_url)
+
+    dry = running.stub.StartDrain(
+        pb.StartDrainRequest(options=pb.DrainOptions(dry_run=True, skip_phases=["drain-b/p1"])), timeout=10
+    ).session
+    assert dry.state == pb.STATE_COMPLETE and dry.summary.stop_reason.startswith("dry run")
+    assert [(i.run_id, i.phase_id, i.state) for i in dry.planned] == [
+        ("drain-a", "p1", pb.STATE_FAILED),
+        ("drain-b", "p1", pb.STATE_QUEUED),
+    ]
+    assert dry.planned[1].reason == "skipped: listed in skip_phases"
+    assert running.stub.GetRun(pb.GetRunRequest(run_id="drain-a"), timeout=10).run.state == pb.STATE_FAILED
+
+    session = running.stub.StartDrain(
+        pb.StartDrainRequest(options=pb.DrainOptions(batch_size=10)), timeout=10
+    )
+    session_id = session.session.session_id
+    while True:
+        found = running.stub.GetDrainSession(
+            pb.GetDrainSessionRequest(session_id=session_id), timeout=10
+        ).session
+        if found.state != pb.STATE_EXECUTING:
+            break
+        running.orchestrator.executor.wait_idle(1)  # at most a second between looks; returns early when idle
+    assert found.state == pb.STATE_COMPLETE, found.summary.stop_reason
+    # Sample first: one phase of each run before the second phase of any (two run at once).
+    drained = [(i.run_id, i.phase_id) for i in found.results]
+    assert sorted(drained[:2]) == [("drain-a", "p1"), ("drain-b", "p1")]
+    assert sorted(drained[2:]) == [("drain-a", "p2"), ("drain-b", "p2")]
+    assert all(item.state == pb.STATE_COMPLETE and item.attempts == 1 for item in found.results)
+    summary = found.summary
+    assert (summary.processed, summary.completed, summary.failed, summary.attempts) == (4, 4, 0, 4)
+    assert summary.total_tokens == 2 * (1555 + 2410)
+    assert summary.completed_per_attempt == 1.0
+    assert summary.completed_per_1k_tokens == pytest.approx(4 / 7.93)
+    assert summary.zero_yield_reason == "" and summary.stop_reason == "nothing left to drain"
+    for run_id in ("drain-a", "drain-b"):
+        drained_run = running.stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=10).run
+        assert drained_run.state == pb.STATE_COMPLETE
+        assert [len(p.attempts) for p in phases_of(drained_run)] == [1, 1]
+
+
+def test_a_drained_phase_past_its_timeout_is_stopped_and_explains_the_zero_yield(
+    stack: Stack, start_orchestrator: Any
+) -> None:
+    running = start_orchestrator()
+    slow = ["python", "-c", "import time; time.sleep(3)"]  # the check outlasts the drain's 1 s phase limit
+    request_plan = plan(stack, "drain-t", check=slow)
+    del request_plan.tiers[1:]
+    running.stub.CreateRun(pb.CreateRunRequest(plan=request_plan), timeout=10)
+    options = pb.DrainOptions(run_ids=["drain-t"], phase_timeout_seconds=1, sample_first=False)
+    session_id = running.stub.StartDrain(pb.StartDrainRequest(options=options), timeout=10).session.session_id
+    found = running.stub.GetDrainSession(pb.GetDrainSessionRequest(session_id=session_id), timeout=10).session
+    while found.state == pb.STATE_EXECUTING:
+        running.orchestrator.executor.wait_idle(1)
+        found = running.stub.GetDrainSession(
+            pb.GetDrainSessionRequest(session_id=session_id), timeout=10
+        ).session
+    [item] = found.results
+    assert item.timed_out and item.state == pb.STATE_FAILED and item.attempts == 0
+    assert found.summary.zero_yield_reason == "every phase hit the phase timeout (1s)"
+    run = running.stub.GetRun(pb.GetRunRequest(run_id="drain-t"), timeout=10).run
+    assert run.state == pb.STATE_FAILED and "phase timeout" in run.failure_reason
+    [cut] = phases_of(run)[0].attempts
+    assert not cut.counted and cut.failure_kind == pb.FAILURE_KIND_INTERRUPTED
+    assert not (Path(run.workspace_path) / "src" / "mod1.py").exists()  # rolled back
+
+
+def test_an_answer_that_used_95_percent_of_its_budget_escalates_the_next_attempt_once(
+    stack: Stack, start_orchestrator: Any
+) -> None:
+    request_plan = plan(
+        stack, "highutil", check=["python", "-c", "from src.mod1 import one; assert one() == 1"]
+    )
+    del request_plan.tiers[1:]
+    estimate = expected_estimate(stack, request_plan.tiers[0].phases[0])
+    near_full = int(estimate.selected_budget * 0.96)  # complete (end_turn), but >= 95% of the budget
+    lines = [
+        {
+            "run_id": "highutil",
+            "phase_id": "p1",
+            "attempt": attempt,
+            "response": message([create("src/mod1.py", body)], 800, near_full),
+        }
+        for attempt, body in ((1, "def one() -> int:\n    return 0\n"), (2, MODULE_ONE))
+    ]
+    (stack.recordings / "highutil.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    running = start_orchestrator()
+    run, events = run_to_end(running, request_plan)
+
+    assert run.state == pb.STATE_COMPLETE, run.failure_reason
+    [phase] = phases_of(run)
+    first, second = phase.attempts
+    assert first.outcome == pb.ATTEMPT_OUTCOME_CHECKS_FAILED and first.usage.output_tokens == near_full
+    assert second.estimate_id == first.estimate_id and second.actual_max_tokens > first.actual_max_tokens
+    escalated = [e.message for e in events if e.message.startswith("estimate: escalated")]
+    assert len(escalated) == 1
+    assert f"after {near_full} of {estimate.selected_budget} tokens used" in escalated[0]
+    assert not any(e.message.startswith("doctor") for e in events)  # a token problem needs no doctor

@@ -36,7 +36,11 @@ class Harness:
 
 def start_harness(database_url: str, max_workers: int = 16, **settings: object) -> Harness:
     config = OrchestratorSettings(
-        database_url=database_url, rpc_timeout_seconds=5, lease_seconds=5, **settings
+        database_url=database_url,
+        rpc_timeout_seconds=5,
+        lease_seconds=5,
+        transient_backoff_seconds=0.01,
+        **settings,
     )
     orchestrator = create_orchestrator(config, clients=ServiceClients(UNREACHABLE))
     server = create_server([orchestrator.binding()], "127.0.0.1:0", max_workers=max_workers)
@@ -146,8 +150,18 @@ def test_unknown_and_missing_run_ids(harness: Harness) -> None:
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert "ghost" in error.details()
     for call, request in (
+        (harness.stub.CancelRun, pb.CancelRunRequest(run_id="ghost")),
+        (harness.stub.ResumeRun, pb.ResumeRunRequest(run_id="ghost")),
+        (harness.stub.GetDrainSession, pb.GetDrainSessionRequest(session_id="ghost")),
+    ):
+        error = rpc_error(call, request, timeout=10)
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert "ghost" in error.details()
+    for call, request in (
         (harness.stub.GetRun, pb.GetRunRequest()),
         (harness.stub.StartRun, pb.StartRunRequest(run_id="a/b")),
+        (harness.stub.CancelRun, pb.CancelRunRequest(run_id="")),
+        (harness.stub.ResumeRun, pb.ResumeRunRequest(run_id="a b")),
     ):
         error = rpc_error(call, request, timeout=10)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -283,3 +297,41 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     )
     assert OrchestratorSettings.model_fields["context_budget_tokens"].default == 12000
     assert OrchestratorSettings.model_fields["build_timeout_seconds"].default == 600
+
+
+def test_cancel_a_queued_run_and_resume_rules(harness: Harness) -> None:
+    harness.stub.CreateRun(pb.CreateRunRequest(plan=plan_message("queued", 1)), timeout=10)
+    error = rpc_error(harness.stub.ResumeRun, pb.ResumeRunRequest(run_id="queued"), timeout=10)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "QUEUED" in error.details()
+    cancelled = harness.stub.CancelRun(pb.CancelRunRequest(run_id="queued", reason="not now"), timeout=10).run
+    assert cancelled.state == pb.STATE_CANCELLED and cancelled.failure_reason == "not now"
+    error = rpc_error(harness.stub.CancelRun, pb.CancelRunRequest(run_id="queued"), timeout=10)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "CANCELLED" in error.details()
+    events = list(harness.stub.WatchRun(pb.WatchRunRequest(run_id="queued"), timeout=10))
+    assert [(e.message, e.state) for e in events] == [
+        ("run created", pb.STATE_QUEUED),
+        ("run cancelled: not now", pb.STATE_CANCELLED),
+    ]
+
+
+def test_bad_drain_options_name_the_field_and_start_nothing(harness: Harness) -> None:
+    harness.stub.CreateRun(pb.CreateRunRequest(plan=plan_message("idle", 1)), timeout=10)
+    for options, field in (
+        (pb.DrainOptions(batch_size=-1), "options.batch_size"),
+        (pb.DrainOptions(max_attempts_per_phase=11), "options.max_attempts_per_phase"),
+        (pb.DrainOptions(skip_phases=["a/b/c"]), "options.skip_phases[0]"),
+    ):
+        error = rpc_error(harness.stub.StartDrain, pb.StartDrainRequest(options=options), timeout=10)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details().startswith(f"{field}:")
+    error = rpc_error(harness.stub.GetDrainSession, pb.GetDrainSessionRequest(), timeout=10)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("session_id:")
+    run = harness.stub.GetRun(pb.GetRunRequest(run_id="idle"), timeout=10).run
+    assert run.state == pb.STATE_QUEUED  # nothing was drained
+    dry = harness.stub.StartDrain(pb.StartDrainRequest(options=pb.DrainOptions(dry_run=True)), timeout=10)
+    assert [(item.run_id, item.phase_id) for item in dry.session.planned] == [("idle", "p1")]
+    stored = harness.stub.GetDrainSession(
+        pb.GetDrainSessionRequest(session_id=dry.session.session_id), timeout=10
+    ).session
+    assert stored.state == pb.STATE_COMPLETE and stored.options.batch_size == 10
+    assert harness.stub.GetRun(pb.GetRunRequest(run_id="idle"), timeout=10).run.state == pb.STATE_QUEUED

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from autopack_common.database import create_db_engine, upgrade_schema
 from autopack_common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from autopack_orchestrator.events import EventType, Outcome, State
-from autopack_orchestrator.store import AttemptRecord, RunStore
+from autopack_orchestrator.store import AttemptRecord, RunStore, utcnow
 from sqlalchemy import func, select
 
 from .conftest import sample_plan
@@ -178,9 +178,7 @@ def test_expired_leases_are_claimed_once(store: RunStore) -> None:
     time.sleep(0.1)
     claims: dict[str, list[str]] = {}
     threads = [
-        threading.Thread(
-            target=lambda owner=owner: claims.__setitem__(owner, store.claim_abandoned_runs(owner, 30))
-        )
+        threading.Thread(target=lambda owner=owner: claims.__setitem__(owner, store.claim_runs(owner, 30, 5)))
         for owner in ("a", "b", "c")
     ]
     for thread in threads:
@@ -191,7 +189,7 @@ def test_expired_leases_are_claimed_once(store: RunStore) -> None:
     assert len(winners) == 1
     assert claims[winners[0]] == ["l1"]
     assert store.holds_lease("l1", winners[0])
-    assert store.claim_abandoned_runs("d", 30) == []
+    assert store.claim_runs("d", 30, 5) == []
     assert store.holds_lease("l2", "alive")
     assert store.renew_leases("alive", 60, ["l2"]) == 1
     assert store.renew_leases("alive", 60, ["l1"]) == 0
@@ -209,3 +207,57 @@ def test_migrations_are_idempotent(database_url: str) -> None:
             assert conn.execute(select(func.count()).select_from(runs)).scalar_one() == 0
     finally:
         engine.dispose()
+
+
+def test_unowned_work_is_split_between_claimers_and_limited_by_capacity(store: RunStore) -> None:
+    for i in range(5):
+        store.create_run(sample_plan(f"w{i}", phases=1))
+        store.finish_run(f"w{i}", State.FAILED, "run failed", "boom")
+        deadline = utcnow() + timedelta(minutes=5)
+        assert store.queue_drained_phase(f"w{i}", "p1", deadline, "drain-x", max_attempts=2)
+    assert not store.queue_drained_phase("w0", "p1", utcnow(), "drain-x")  # already queued: not idle
+    first = store.claim_runs("one", 30, 2)
+    second = store.claim_runs("two", 30, 10)
+    assert len(first) == 2 and len(second) == 3 and not set(first) & set(second)
+    assert store.claim_runs("three", 30, 10) == []
+    run = store.get_run("w0")
+    assert (run.state, run.only_phase, run.max_attempts) == (State.EXECUTING, "p1", 2)
+
+
+def test_cancel_resume_and_drain_sessions(store: RunStore) -> None:
+    store.create_run(sample_plan("cr", phases=2))
+    store.start_run("cr", "me", 60)
+    store.save_attempt("cr", "p1", AttemptRecord(number=1, started_at=utcnow(), finished_at=utcnow()))
+    flagged = store.request_cancel("cr", "stop")
+    assert flagged.state is State.EXECUTING and flagged.cancel_requested
+    assert store.run_control("cr") == ("me", True, None)
+    store.set_phase_state("cr", "p1", State.CANCELLED, "phase p1 cancelled")
+    store.finish_run("cr", State.CANCELLED, "run cancelled", "stop")
+    resumed = store.resume_run("cr", "you", 60)
+    assert resumed.state is State.EXECUTING and not resumed.cancel_requested
+    assert [(p.state, p.attempt_floor) for p in resumed.phases()] == [(State.QUEUED, 1), (State.QUEUED, 0)]
+    assert store.holds_lease("cr", "you")
+    with pytest.raises(FailedPrecondition):
+        store.resume_run("cr", "you", 60)
+    store.save_drain_session(
+        {
+            "session_id": "drain-1",
+            "state": "EXECUTING",
+            "options": {"batch_size": 3},
+            "planned": [],
+            "results": [],
+            "summary": {},
+            "owner": "me",
+            "started_at": utcnow(),
+            "finished_at": None,
+        }
+    )
+    store.save_drain_session({"session_id": "drain-1", "state": "COMPLETE", "summary": {"completed": 1}})
+    session = store.get_drain_session("drain-1")
+    assert (session["state"], session["summary"], session["options"]) == (
+        "COMPLETE",
+        {"completed": 1},
+        {"batch_size": 3},
+    )
+    with pytest.raises(NotFound):
+        store.get_drain_session("drain-2")

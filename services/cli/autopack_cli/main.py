@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from autopack_cli import builder_commands, estimator_commands, run_commands, stack_commands
+from autopack_cli import builder_commands, estimator_commands, run_commands, runs_commands, stack_commands
 
 app = typer.Typer(
     name="autopack",
@@ -14,5 +14,6 @@ app = typer.Typer(
 )
 stack_commands.register(app)
 run_commands.register(app)
+runs_commands.register(app)
 estimator_commands.register(app)
 builder_commands.register(app)

@@ -27,7 +27,12 @@ from autopack_cli.stack import StackPaths
 from autopack_cli.traces import SpanRecord, read_spans, run_traces
 
 RPC_TIMEOUT = float(os.environ.get("AUTOPACK_RPC_TIMEOUT_SECONDS", "30"))
-TERMINAL_STATES = (orchestrator_pb2.STATE_COMPLETE, orchestrator_pb2.STATE_FAILED)
+TERMINAL_STATES = (
+    orchestrator_pb2.STATE_COMPLETE,
+    orchestrator_pb2.STATE_FAILED,
+    orchestrator_pb2.STATE_CANCELLED,
+    orchestrator_pb2.STATE_SKIPPED,
+)
 SPAN_DETAIL_ATTRIBUTES = (
     "autopack.tokens.predicted",
     "autopack.tokens.selected_budget",
@@ -48,6 +53,15 @@ def _state(value: int) -> str:
 
 def _outcome(value: int) -> str:
     return orchestrator_pb2.AttemptOutcome.Name(value).removeprefix("ATTEMPT_OUTCOME_")
+
+
+def one_line(text: str, limit: int = 160) -> str:
+    """A reason for a table cell or an event line: whitespace collapsed, at most ``limit`` characters.
+
+    The full text (check output and all) stays in ``autopack status`` and the run's events.
+    """
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _stub() -> orchestrator_pb2_grpc.OrchestratorServiceStub:
@@ -85,7 +99,10 @@ def phase_table(run: orchestrator_pb2.Run) -> Table:
                 f"{last.actual_max_tokens:,}" if last else "-",
                 f"{input_tokens:,}" if last else "-",
                 f"{output_tokens:,}" if last else "-",
-                (_outcome(last.outcome) + (f": {last.failure_reason}" if last.failure_reason else ""))
+                (
+                    _outcome(last.outcome)
+                    + (f": {one_line(last.failure_reason, 100)}" if last.failure_reason else "")
+                )
                 if last
                 else "-",
                 (last.provider + (" (recorded)" if last.provider == "replay" else "")) if last else "-",
@@ -94,14 +111,70 @@ def phase_table(run: orchestrator_pb2.Run) -> Table:
     return table
 
 
-def print_report(run: orchestrator_pb2.Run) -> None:
+def detach_hint(run_id: str) -> str:
+    """What a user who stopped following a run can do next."""
+    return (
+        f"The run continues in the background: follow it with `autopack watch {run_id}`, "
+        f"stop it with `autopack cancel {run_id}`."
+    )
+
+
+def attempts_table(run: orchestrator_pb2.Run) -> Table:
+    """Every attempt with its outcome, whether it counted, its reason and its tokens."""
+    table = Table(title="attempts", title_justify="left")
+    for column, justify in (
+        ("phase", "left"),
+        ("#", "right"),
+        ("outcome", "left"),
+        ("counted", "left"),
+        ("checks", "left"),
+        ("max_tokens", "right"),
+        ("input", "right"),
+        ("output", "right"),
+        ("total", "right"),
+        ("reason", "left"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for tier in run.tiers:
+        for phase in tier.phases:
+            for attempt in phase.attempts:
+                kind = orchestrator_pb2.FailureKind.Name(attempt.failure_kind).removeprefix("FAILURE_KIND_")
+                table.add_row(
+                    phase.spec.phase_id,
+                    str(attempt.number),
+                    _outcome(attempt.outcome),
+                    "yes" if attempt.counted else f"no ({kind.lower()})",
+                    attempt.check_verdict
+                    or ("-" if not attempt.HasField("check_exit_code") else "exit code"),
+                    f"{attempt.actual_max_tokens:,}",
+                    f"{attempt.usage.input_tokens:,}" if attempt.usage.HasField("input_tokens") else "?",
+                    f"{attempt.usage.output_tokens:,}" if attempt.usage.HasField("output_tokens") else "?",
+                    f"{attempt.usage.total_tokens:,}",
+                    one_line(attempt.failure_reason, 240),
+                )
+    return table
+
+
+def print_report(run: orchestrator_pb2.Run, attempts: bool = False) -> None:
     console.print(phase_table(run))
+    if attempts:
+        console.print(attempts_table(run))
+        for phase in (phase for tier in run.tiers for phase in tier.phases):
+            recovered = []
+            if phase.mitigations:
+                recovered.append("mitigations " + ", ".join(phase.mitigations))
+            if phase.doctor_calls:
+                recovered.append(f"{phase.doctor_calls} doctor call(s)")
+            if phase.replans:
+                recovered.append(f"re-planned {phase.replans}x (was: {phase.original_description[:80]!r})")
+            if recovered:
+                console.print(f"{phase.spec.phase_id}: " + "; ".join(recovered))
     usage = run.usage
     console.print(
         f"tokens: input {usage.input_tokens:,} · output {usage.output_tokens:,} · total {usage.total_tokens:,}"
     )
     if run.failure_reason:
-        console.print(f"[red]failure:[/red] {run.failure_reason}")
+        console.print(f"[red]failure:[/red] {one_line(run.failure_reason, 300)}")
     if any(a.provider == "replay" for t in run.tiers for p in t.phases for a in p.attempts):
         console.print(
             "[yellow]provider replay: responses were served from recordings, not a live LLM[/yellow]"
@@ -128,7 +201,11 @@ def run(
         stub.CreateRun(orchestrator_pb2.CreateRunRequest(plan=plan), timeout=RPC_TIMEOUT)
         stub.StartRun(orchestrator_pb2.StartRunRequest(run_id=plan.run_id), timeout=RPC_TIMEOUT)
         if watch:
-            _follow(stub, plan)
+            try:
+                _follow(stub, plan)
+            except KeyboardInterrupt:
+                errors.print(f"stopped following run {plan.run_id}. {detach_hint(plan.run_id)}")
+                raise typer.Exit(130) from None
         final = stub.GetRun(orchestrator_pb2.GetRunRequest(run_id=plan.run_id), timeout=RPC_TIMEOUT).run
     except grpc.RpcError as error:
         raise rpc_failure(error, "orchestrator") from error
@@ -162,12 +239,12 @@ def _follow(stub: orchestrator_pb2_grpc.OrchestratorServiceStub, plan: orchestra
 
 
 def status(run_id: str = typer.Argument(..., help="Run id.")) -> None:
-    """Show a run's state and per-phase token report."""
+    """Show a run's state, per-phase token report and every attempt with its reason and tokens."""
     try:
         found = _stub().GetRun(orchestrator_pb2.GetRunRequest(run_id=run_id), timeout=RPC_TIMEOUT).run
     except grpc.RpcError as error:
         raise rpc_failure(error, "orchestrator") from error
-    print_report(found)
+    print_report(found, attempts=True)
 
 
 def _span_label(span: SpanRecord) -> str:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from autopack.common.v1 import common_pb2
 from autopack.orchestrator.v1 import orchestrator_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from autopack_orchestrator.events import EventType, Outcome, RunEvent, State
+from autopack_orchestrator.drain import DrainOptions
+from autopack_orchestrator.events import EventType, FailureKind, Outcome, RunEvent, State
 from autopack_orchestrator.plan import PhaseSpec, Plan, TierSpec
 from autopack_orchestrator.store import AttemptRecord, PhaseRecord, RunRecord, TierRecord, Usage
 
@@ -109,6 +111,13 @@ def attempt_to_proto(attempt: AttemptRecord) -> pb.Attempt:
         trace_id=attempt.trace_id,
         started_at=timestamp(attempt.started_at),
         finished_at=timestamp(attempt.finished_at),
+        fingerprint=attempt.fingerprint,
+        counted=attempt.counted,
+        failure_kind=pb.FailureKind.Value(
+            f"FAILURE_KIND_{FailureKind(attempt.failure_kind or 'UNSPECIFIED').value}"
+        ),
+        check_verdict=attempt.check_verdict,
+        guidance=attempt.guidance,
     )
     if attempt.check_exit_code is not None:
         message.check_exit_code = attempt.check_exit_code
@@ -123,6 +132,12 @@ def phase_to_message(phase: PhaseRecord) -> pb.Phase:
         state=state_to_proto(phase.state),
         attempts=[attempt_to_proto(attempt) for attempt in phase.attempts],
         tier_id=phase.tier_id,
+        original_description=phase.original_description,
+        doctor_calls=phase.doctor_calls,
+        replans=phase.replans,
+        mitigations=[str(item.get("pattern", "")) for item in phase.mitigations],
+        failure_reason=phase.failure_reason,
+        attempt_floor=phase.attempt_floor,
     )
 
 
@@ -148,6 +163,8 @@ def run_to_proto(run: RunRecord) -> pb.Run:
         finished_at=timestamp(run.finished_at),
         failure_reason=run.failure_reason,
         usage=usage_to_proto(run.usage),
+        cancel_requested=run.cancel_requested,
+        doctor_calls=run.doctor_calls,
     )
 
 
@@ -164,3 +181,56 @@ def event_to_proto(event: RunEvent) -> pb.WatchRunResponse:
     if event.attempt is not None:
         message.attempt.CopyFrom(attempt_to_proto(AttemptRecord.from_json(event.attempt)))
     return message
+
+
+def drain_options_from_proto(message: pb.DrainOptions) -> DrainOptions:
+    """Plain options; 0/empty fields take seed 002's defaults."""
+    defaults = DrainOptions()
+    return DrainOptions(
+        phase_timeout_seconds=message.phase_timeout_seconds or defaults.phase_timeout_seconds,
+        max_total_minutes=message.max_total_minutes,
+        max_timeouts_per_run=message.max_timeouts_per_run or defaults.max_timeouts_per_run,
+        max_attempts_per_phase=message.max_attempts_per_phase or defaults.max_attempts_per_phase,
+        max_fingerprint_repeats=message.max_fingerprint_repeats or defaults.max_fingerprint_repeats,
+        batch_size=message.batch_size or defaults.batch_size,
+        skip_phases=tuple(message.skip_phases),
+        run_ids=tuple(message.run_ids),
+        skip_run_prefixes=tuple(message.skip_run_prefixes),
+        sample_first=message.sample_first if message.HasField("sample_first") else defaults.sample_first,
+        dry_run=message.dry_run,
+        parallelism=message.parallelism or defaults.parallelism,
+    )
+
+
+def _drain_item(item: dict[str, Any]) -> pb.DrainItem:
+    return pb.DrainItem(
+        run_id=item["run_id"],
+        phase_id=item["phase_id"],
+        state=state_to_proto(State(item["state"])),
+        reason=item.get("reason", ""),
+        attempts=item.get("attempts", 0),
+        total_tokens=item.get("total_tokens", 0),
+        fingerprint=item.get("fingerprint", ""),
+        duration_ms=item.get("duration_ms", 0),
+        timed_out=item.get("timed_out", False),
+    )
+
+
+def drain_session_to_proto(session: dict[str, Any]) -> pb.DrainSession:
+    options = dict(session["options"])
+    return pb.DrainSession(
+        session_id=session["session_id"],
+        state=state_to_proto(State(session["state"])),
+        options=pb.DrainOptions(
+            **{
+                key: value
+                for key, value in options.items()
+                if key in pb.DrainOptions.DESCRIPTOR.fields_by_name
+            }
+        ),
+        planned=[_drain_item(item) for item in session["planned"]],
+        results=[_drain_item(item) for item in session["results"]],
+        summary=pb.DrainSummary(**session["summary"]),
+        started_at=timestamp(session["started_at"]),
+        finished_at=timestamp(session["finished_at"]),
+    )

@@ -21,10 +21,17 @@ class State(StrEnum):
     EXECUTING = "EXECUTING"
     COMPLETE = "COMPLETE"
     FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    SKIPPED = "SKIPPED"
 
     @property
     def terminal(self) -> bool:
-        return self in (State.COMPLETE, State.FAILED)
+        return self in (State.COMPLETE, State.FAILED, State.CANCELLED, State.SKIPPED)
+
+    @property
+    def done(self) -> bool:
+        """A phase that needs no more work: completed, or skipped on purpose."""
+        return self in (State.COMPLETE, State.SKIPPED)
 
 
 class Outcome(StrEnum):
@@ -48,6 +55,16 @@ class EventType(StrEnum):
     ATTEMPT_STARTED = "ATTEMPT_STARTED"
     ATTEMPT_FINISHED = "ATTEMPT_FINISHED"
     STEP = "STEP"
+    RECOVERY = "RECOVERY"
+
+
+class FailureKind(StrEnum):
+    """Why an attempt failed, for recovery (orchestrator.v1.FailureKind without the prefix)."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    TRANSIENT = "TRANSIENT"
+    DETERMINISTIC = "DETERMINISTIC"
+    INTERRUPTED = "INTERRUPTED"
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,14 @@ its retry) lands in the same trace. Attempts are child spans. The phase span
 ends with the token story of the deciding attempt as attributes.
 
 Runs execute on daemon worker threads under a lease in the database. A keeper
-thread renews this process's leases and claims runs whose lease expired (their
-process crashed), resuming them from their first phase that is not COMPLETE.
+thread renews this process's leases and claims (``FOR UPDATE SKIP LOCKED``) runs
+nobody holds: a resumed run, a phase queued by a drain, or a run whose lease expired
+because its replica died; those resume from their first phase that is not done.
+
+A failed attempt goes through recovery (see ``recovery.py``): budget escalation,
+deterministic mitigation, re-plan on similar failures, the doctor. Infrastructure
+failures are retried with backoff (tenacity) and never use up an attempt; attempts cut
+short by a crash, a cancel or a phase timeout do not count either, but their tokens do.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ import queue
 import shlex
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -38,13 +45,16 @@ from grpc_status import rpc_status
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from autopack_orchestrator import recovery
 from autopack_orchestrator.clients import ServiceClients
 from autopack_orchestrator.convert import phase_to_proto
-from autopack_orchestrator.events import EventType, Outcome, State
+from autopack_orchestrator.events import EventType, FailureKind, Outcome, State
+from autopack_orchestrator.failures import FailureContext, detect, fingerprint
 from autopack_orchestrator.plan import PhaseSpec
 from autopack_orchestrator.settings import OrchestratorSettings
-from autopack_orchestrator.store import AttemptRecord, PhaseRecord, RunRecord, RunStore
+from autopack_orchestrator.store import AttemptRecord, PhaseRecord, RunRecord, RunStore, Usage
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +64,45 @@ MAX_MEMORY_TEXT_BYTES = 2048
 MAX_REASON_CHARS = 2000
 DEFAULT_CHECK_TIMEOUT_SECONDS = 300
 BUILDER_ERROR_DOMAIN = "builder.autopack"
+# Status codes of infrastructure trouble: retried with backoff, never counted as an attempt.
+RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED})
+PASSING_VERDICTS = frozenset({applier_pb2.CHECK_VERDICT_PASSED, applier_pb2.CHECK_VERDICT_NO_NEW_FAILURES})
 
 
 class StepFailed(Exception):
     """A step ended the attempt: its outcome and a reason a person can act on."""
 
-    def __init__(self, outcome: Outcome, reason: str) -> None:
+    def __init__(self, outcome: Outcome, reason: str, transient: bool = False, code: str = "") -> None:
         super().__init__(reason)
         self.outcome = outcome
         self.reason = reason
+        self.transient = transient
+        self.code = code
 
 
 class RunInterrupted(Exception):
-    """This process must stop executing the run (shutting down, or its lease was lost)."""
+    """This process must stop executing the run (shutting down, or its lease was lost).
+
+    The run is left as it is: whoever takes it over settles the attempt in flight.
+    """
+
+
+class RunStopped(Exception):
+    """The run must stop here and now (cancelled, phase timeout, health budget, doctor)."""
+
+    def __init__(self, state: State, reason: str, phase_state: State | None = None) -> None:
+        super().__init__(reason)
+        self.state = state
+        self.reason = reason
+        self.phase_state = phase_state or state
+
+
+class _Retryable(Exception):
+    """Internal: an RPC error worth another try."""
+
+    def __init__(self, error: grpc.RpcError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def truncate_utf8(text: str, limit: int) -> str:
@@ -161,6 +197,12 @@ class RunExecutor:
         self._active: set[str] = set()
         self._active_lock = threading.Condition()
         self._keeper: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._health = recovery.HealthLimits(
+            infra_errors=settings.max_infra_errors_per_run,
+            patch_failures=settings.max_patch_failures_per_run,
+            failures=settings.max_failures_per_run,
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -171,8 +213,9 @@ class RunExecutor:
             self._keeper.start()
 
     def shutdown(self, grace: float = 5.0) -> None:
-        """Stop at the next phase or attempt boundary; unfinished runs are resumed later."""
+        """Stop at the next step; unfinished runs are resumed later (here or by another replica)."""
         self._stopping.set()
+        self._wake.set()
         with self._active_lock:
             self._active_lock.wait_for(lambda: not self._active, timeout=grace)
         self._pool.close()
@@ -182,25 +225,47 @@ class RunExecutor:
         with self._active_lock:
             return self._active_lock.wait_for(lambda: not self._active, timeout=timeout)
 
+    def wake(self) -> None:
+        """Look for unowned work now instead of at the next poll (after queueing work here)."""
+        self._wake.set()
+
     def _keep_leases(self) -> None:
-        interval = max(self._settings.lease_seconds / 3, 0.05)
+        """Heartbeat: renew our leases every lease/3; claim unowned work every claim poll."""
+        renew_every = max(self._settings.lease_seconds / 3, 0.05)
+        poll = min(self._settings.claim_poll_seconds, renew_every)
+        next_renewal = 0.0
         while not self._stopping.is_set():
             try:
                 with self._active_lock:
                     active = set(self._active)
-                self._store.renew_leases(self.owner, self._settings.lease_seconds, active)
-                for run_id in self._store.claim_abandoned_runs(self.owner, self._settings.lease_seconds):
-                    log.info("resuming abandoned run %s", run_id)
+                now = time.monotonic()
+                if now >= next_renewal:
+                    self._store.renew_leases(self.owner, self._settings.lease_seconds, active)
+                    next_renewal = now + renew_every
+                free = self._settings.executor_workers - len(active)
+                for run_id in self._store.claim_runs(self.owner, self._settings.lease_seconds, free):
+                    log.info("claimed run %s", run_id)
                     self._submit(run_id, resumed=True)
             except Exception:
-                log.exception("lease keeping failed; retrying in %.1fs", interval)
-            self._stopping.wait(interval)
+                log.exception("lease keeping failed; retrying in %.1fs", poll)
+            self._wake.wait(poll)
+            self._wake.clear()
 
     def start_run(self, run_id: str) -> RunRecord:
         """QUEUED -> EXECUTING now; the phases run in the background."""
         record = self._store.start_run(run_id, self.owner, self._settings.lease_seconds)
         self._submit(run_id, resumed=False)
         return record
+
+    def resume_run(self, run_id: str) -> RunRecord:
+        """FAILED/CANCELLED -> EXECUTING here, from the first unfinished phase."""
+        record = self._store.resume_run(run_id, self.owner, self._settings.lease_seconds)
+        self._submit(run_id, resumed=False)
+        return record
+
+    def cancel_run(self, run_id: str, reason: str) -> RunRecord:
+        """Cancel now if nobody executes the run, else flag it for its replica's next step."""
+        return self._store.request_cancel(run_id, reason)
 
     def _submit(self, run_id: str, resumed: bool) -> None:
         with self._active_lock:
@@ -216,6 +281,10 @@ class RunExecutor:
             log.info("run %s interrupted: %s", run_id, interruption)
             if self._stopping.is_set():
                 self._store.release_lease(run_id, self.owner)
+        except RunStopped as stop:
+            self._store.finish_run(
+                run_id, stop.state, f"run {stop.state.value.lower()}: {stop.reason}", stop.reason
+            )
         except Exception as error:
             log.exception("run %s failed with an internal error", run_id)
             try:
@@ -229,20 +298,32 @@ class RunExecutor:
                 self._active_lock.notify_all()
 
     def _checkpoint(self, run_id: str) -> None:
+        """Between steps: stop if shutting down, the lease was lost, a cancel came, or time is up."""
         if self._stopping.is_set():
             raise RunInterrupted("orchestrator shutting down")
-        if not self._store.holds_lease(run_id, self.owner):
+        owner, cancel, deadline = self._store.run_control(run_id)
+        if owner != self.owner:
             raise RunInterrupted("lease lost to another orchestrator")
+        if cancel:
+            raise RunStopped(State.CANCELLED, "cancelled on request")
+        if deadline is not None and utcnow() > deadline:
+            raise RunStopped(State.FAILED, "phase timeout: the drain's phase time limit passed")
 
     # -- a run --------------------------------------------------------------------------------
 
     def execute(self, run_id: str, resumed: bool = False) -> None:
-        """Run every phase that is not COMPLETE, in order; the first failed phase fails the run."""
+        """Run every phase that is not done, in order; a phase that fails (or stops) ends the run.
+
+        A run a drain queued executes only its ``only_phase`` and, if later phases remain,
+        goes back to QUEUED (StartRun continues it).
+        """
         run = self._store.get_run(run_id)
         if run.state is not State.EXECUTING:
             return
-        pending = [phase for phase in run.phases() if phase.state is not State.COMPLETE]
-        if resumed:
+        pending = [phase for phase in run.phases() if not phase.state.done]
+        if run.only_phase:
+            pending = [phase for phase in pending if phase.phase_id == run.only_phase][:1]
+        elif resumed:
             where = f"phase {pending[0].phase_id}" if pending else "its end"
             self._store.append_event(
                 run_id,
@@ -250,25 +331,34 @@ class RunExecutor:
                 f"run resumed after an orchestrator restart, from {where}",
                 state=State.EXECUTING,
             )
-        if not pending:  # crashed after the last phase, before the run was marked
-            self._store.finish_run(run_id, State.COMPLETE, f"run complete: {len(run.phases())} phase(s)")
-            return
-        with self._root_span(f"run {run_id} prepare", run_id) as span:
-            span.set_attribute("autopack.run_id", run_id)
-            try:
-                self._prepare(run)
-            except StepFailed as failure:
-                span.set_status(Status(StatusCode.ERROR, failure.reason))
-                self._store.finish_run(run_id, State.FAILED, f"run failed: {failure.reason}", failure.reason)
-                return
+        if pending:
+            with self._root_span(f"run {run_id} prepare", run_id) as span:
+                span.set_attribute("autopack.run_id", run_id)
+                try:
+                    self._prepare(run)
+                except StepFailed as failure:
+                    span.set_status(Status(StatusCode.ERROR, failure.reason))
+                    self._store.finish_run(
+                        run_id, State.FAILED, f"run failed: {failure.reason}", failure.reason
+                    )
+                    return
         for phase in pending:
             self._checkpoint(run_id)
-            succeeded, reason = self._run_phase(run, phase)
-            if not succeeded:
-                reason = f"phase {phase.phase_id}: {reason}"
-                self._store.finish_run(run_id, State.FAILED, f"run failed: {reason}", reason)
-                return
-        self._store.finish_run(run_id, State.COMPLETE, f"run complete: {len(run.phases())} phase(s)")
+            state, reason = self._run_phase(run, phase)
+            if state.done:
+                continue
+            reason = f"phase {phase.phase_id}: {reason}"
+            final = State.CANCELLED if state is State.CANCELLED else State.FAILED
+            self._store.finish_run(run_id, final, f"run {final.value.lower()}: {reason}", reason)
+            return
+        phases = self._store.get_run(run_id, with_attempts=False).phases()
+        left = [phase.phase_id for phase in phases if not phase.state.done]
+        if left:  # a drained phase finished; the rest of the run waits for StartRun or the next drain
+            self._store.park_run(run_id, f"phase {run.only_phase} done; {len(left)} phase(s) still queued")
+            return
+        skipped = sum(1 for phase in phases if phase.state is State.SKIPPED)
+        note = f" ({skipped} skipped)" if skipped else ""
+        self._store.finish_run(run_id, State.COMPLETE, f"run complete: {len(phases)} phase(s){note}")
 
     def _prepare(self, run: RunRecord) -> None:
         """Workspace once per run (the applier returns the existing one on resume) and intention."""
@@ -306,56 +396,106 @@ class RunExecutor:
 
     # -- a phase ------------------------------------------------------------------------------
 
-    def _run_phase(self, run: RunRecord, phase: PhaseRecord) -> tuple[bool, str]:
-        """Up to ``max_attempts`` attempts inside one phase span; returns (succeeded, reason)."""
+    def _run_phase(self, run: RunRecord, phase: PhaseRecord) -> tuple[State, str]:
+        """Attempts with recovery inside one phase span; returns the phase's final state and reason."""
         run_id, phase_id = run.run_id, phase.phase_id
-        finished = [attempt for attempt in phase.attempts if attempt.finished]
-        interrupted = [attempt for attempt in phase.attempts if not attempt.finished]
-        verb = "resumed" if phase.attempts else "started"
+        verb = "resumed" if phase.current_attempts() else "started"
         self._store.set_phase_state(run_id, phase_id, State.EXECUTING, f"phase {phase_id} {verb}")
         with self._root_span(f"phase {phase_id}", run_id, phase_id) as span:
             span.set_attribute("autopack.run_id", run_id)
             span.set_attribute("autopack.phase_id", phase_id)
-            for attempt in interrupted:
-                self._settle_interrupted(run_id, phase_id, attempt)
-            last: _AttemptResult | None = _AttemptResult(finished[-1]) if finished else None
-            number = len(phase.attempts) + 1
-            remaining = self._settings.max_attempts - len(finished)
-            if last is not None and last.record.outcome is Outcome.SUCCESS:
-                remaining = 0  # crashed after the deciding attempt, before the phase was marked
-            while remaining > 0:
-                if number > 1:
-                    self._checkpoint(run_id)
-                last = self._run_attempt(run, phase.spec, number, last.record if last else None)
-                number += 1
-                remaining -= 1
-                if last.record.outcome is Outcome.SUCCESS or not last.rolled_back_cleanly:
-                    break
-            succeeded = last is not None and last.record.outcome is Outcome.SUCCESS
-            reason = "" if succeeded else (last.record.failure_reason if last else "no attempts left")
-            attempts_made = number - 1
-            self._set_phase_attributes(span, last.record if last else None, succeeded, attempts_made)
-            if not succeeded:
-                span.set_status(Status(StatusCode.ERROR, reason[:200]))
-            self._store_summary(run, phase.spec, last, succeeded, attempts_made)
-            state = State.COMPLETE if succeeded else State.FAILED
-            message = f"phase {phase_id} {state.value.lower()} after {attempts_made} attempt(s)"
-            self._store.set_phase_state(run_id, phase_id, state, message, reason)
-        return succeeded, reason
+            for attempt in phase.current_attempts():
+                if not attempt.finished:
+                    self._settle_interrupted(run_id, phase_id, attempt)
+            last: _AttemptResult | None = None
+            state, reason = State.FAILED, "no attempts left"
+            max_attempts = run.max_attempts or self._settings.max_attempts
+            try:
+                while True:
+                    phase = self._store.get_run(run_id).phase(phase_id)
+                    finished = [attempt for attempt in phase.current_attempts() if attempt.finished]
+                    if finished and finished[-1].outcome is Outcome.SUCCESS:
+                        state, reason = (
+                            State.COMPLETE,
+                            "",
+                        )  # crashed after success, before the phase was marked
+                        break
+                    if phase.counted_attempts() >= max_attempts:
+                        reason = (
+                            last.record.failure_reason
+                            if last
+                            else (finished[-1].failure_reason if finished else reason)
+                        )
+                        reason = f"{phase.counted_attempts()} attempt(s) used: {reason}"
+                        break
+                    if finished:
+                        self._checkpoint(run_id)
+                    breach = recovery.health_breach(
+                        self._store.failed_attempts_since(run_id, run.started_at), self._health
+                    )
+                    if breach:
+                        self._store.append_event(run_id, EventType.RECOVERY, breach, phase_id=phase_id)
+                        raise RunStopped(State.FAILED, breach)
+                    number = max((attempt.number for attempt in phase.attempts), default=0) + 1
+                    # The prompt and the budget learn from the last attempt that counted, not from an
+                    # infrastructure error or an interruption.
+                    counted = [attempt for attempt in finished if attempt.counted]
+                    last = self._run_attempt(run, phase, number, counted[-1] if counted else None)
+                    if last.record.outcome is Outcome.SUCCESS:
+                        state, reason = State.COMPLETE, ""
+                        break
+                    if not last.rolled_back_cleanly:
+                        reason = last.record.failure_reason
+                        break
+                    if not last.record.counted:
+                        continue  # infrastructure: not an attempt; the health budget bounds this loop
+                    if phase.counted_attempts() + 1 >= max_attempts:
+                        continue  # no attempt left to use what recovery would suggest
+                    decision = self._recover(run, phase_id, last.record)
+                    if decision is not None:
+                        state, reason = decision
+                        break
+            except RunStopped as stop:
+                state, reason = stop.phase_state, stop.reason
+                self._finish_phase(run, phase_id, span, last, state, reason)
+                raise
+            self._finish_phase(run, phase_id, span, last, state, reason)
+        return state, reason
+
+    def _finish_phase(
+        self,
+        run: RunRecord,
+        phase_id: str,
+        span: trace.Span,
+        last: _AttemptResult | None,
+        state: State,
+        reason: str,
+    ) -> None:
+        phase = self._store.get_run(run.run_id).phase(phase_id)
+        attempts_made = len(phase.current_attempts())
+        succeeded = state is State.COMPLETE
+        self._set_phase_attributes(span, last.record if last else None, state, attempts_made)
+        if not succeeded:
+            span.set_status(Status(StatusCode.ERROR, reason[:200]))
+        self._store_summary(run, phase.spec, last, state, attempts_made)
+        message = f"phase {phase_id} {state.value.lower()} after {attempts_made} attempt(s)"
+        if last is not None and last.record.check_verdict and succeeded:
+            message += f" (checks {last.record.check_verdict})"
+        if reason and not succeeded:
+            message += f": {_short(reason, 300)}"
+        self._store.set_phase_state(run.run_id, phase_id, state, message, reason)
 
     def _set_phase_attributes(
-        self, span: trace.Span, attempt: AttemptRecord | None, succeeded: bool, attempts_made: int
+        self, span: trace.Span, attempt: AttemptRecord | None, state: State, attempts_made: int
     ) -> None:
         if attempt is not None:
             span.set_attributes(_token_attributes(attempt))
-        span.set_attribute(
-            "autopack.phase.outcome", State.COMPLETE.value if succeeded else State.FAILED.value
-        )
+        span.set_attribute("autopack.phase.outcome", state.value)
         span.set_attribute("autopack.phase.attempts", attempts_made)
 
     def _settle_interrupted(self, run_id: str, phase_id: str, attempt: AttemptRecord) -> None:
-        """An attempt cut short by a crash: undo what it applied and close it as ERROR."""
-        reason = "interrupted by an orchestrator restart"
+        """An attempt cut short by a crash: undo what it applied and close it, not counted."""
+        reason = "interrupted by an orchestrator restart (not counted)"
         if attempt.savepoint and attempt.base_savepoint:
             try:
                 self._rollback(run_id, phase_id, attempt.base_savepoint)
@@ -363,6 +503,8 @@ class RunExecutor:
                 reason += f"; rollback failed: {failure.reason}"
         attempt.outcome = Outcome.ERROR
         attempt.failure_reason = reason
+        attempt.failure_kind = FailureKind.INTERRUPTED.value
+        attempt.counted = False
         attempt.finished_at = utcnow()
         self._store.save_attempt(
             run_id,
@@ -377,11 +519,11 @@ class RunExecutor:
         run: RunRecord,
         spec: PhaseSpec,
         last: _AttemptResult | None,
-        succeeded: bool,
+        state: State,
         attempts_made: int,
     ) -> None:
         """Step 10: what later phases (and later runs) should remember about this one."""
-        state = State.COMPLETE if succeeded else State.FAILED
+        succeeded = state is State.COMPLETE
         lines = [f"Phase {spec.phase_id} {state.value} after {attempts_made} attempt(s): {spec.description}"]
         if last is not None and last.changed_paths:
             lines.append("Changed: " + ", ".join(last.changed_paths))
@@ -420,29 +562,214 @@ class RunExecutor:
             message = f"memory: phase summary not stored: {failure.reason}"
         self._store.append_event(run.run_id, EventType.STEP, message, phase_id=spec.phase_id)
 
+    # -- recovery -----------------------------------------------------------------------------
+
+    def _recover(self, run: RunRecord, phase_id: str, failed: AttemptRecord) -> tuple[State, str] | None:
+        """After a counted failure: prepare the next attempt, or decide the phase (state, reason)."""
+        run_id = run.run_id
+        record = self._store.get_run(run_id)
+        phase = record.phase(phase_id)
+        if recovery.needs_escalation(failed) and phase.escalations < 1:
+            return None  # the next attempt's budget is escalated (see _budget); no doctor for tokens
+        spec = phase.spec
+        context = FailureContext(
+            outcome=failed.outcome.value,
+            text=failed.failure_reason,
+            command=phase.check_command or spec.validation_command,
+            deliverables=spec.deliverables,
+            scope_paths=spec.scope_paths,
+        )
+        mitigation = detect(context, [str(item.get("pattern")) for item in phase.mitigations])
+        if mitigation is not None:
+            values: dict[str, Any] = {
+                "mitigations": [
+                    *phase.mitigations,
+                    {
+                        "pattern": mitigation.pattern,
+                        "description": mitigation.description,
+                        "hint": mitigation.hint,
+                        "command": list(mitigation.command) if mitigation.command else None,
+                    },
+                ]
+            }
+            message = (
+                f"mitigation: {mitigation.pattern} ({mitigation.description}); hint added to the next prompt"
+            )
+            if mitigation.command:
+                values["check_command"] = mitigation.command
+                message += f"; check command now `{shlex.join(mitigation.command)}`"
+            self._store.update_phase(run_id, phase_id, message + "; doctor not needed", **values)
+            return None
+        failures = recovery.counted_failures(phase)
+        streak = recovery.similar_streak(failures)
+        if streak and phase.replans < self._settings.replans_per_phase:
+            reason = f"attempts {streak[0].number} and {streak[1].number} failed the same way"
+            if self._replan(run, phase, streak, reason):
+                return None
+        return self._doctor(run, record.doctor_calls, phase, failures)
+
+    def _doctor_request(
+        self, run: RunRecord, phase: PhaseRecord, failures: Iterable[AttemptRecord]
+    ) -> dict[str, Any]:
+        """The fields Diagnose and Replan share: the phase as it is now, its failures, the intention."""
+        return {
+            "run_id": run.run_id,
+            "phase": phase_to_proto(phase.spec),
+            "failures": self._failed_attempts(failures),
+            "intention_context": intention_text(run),
+        }
+
+    def _failed_attempts(self, failures: Iterable[AttemptRecord]) -> list[builder_pb2.FailedAttempt]:
+        return [
+            builder_pb2.FailedAttempt(
+                attempt=attempt.number,
+                outcome=attempt.outcome.value,
+                fingerprint=attempt.fingerprint,
+                detail=_short(attempt.failure_reason, 3000),
+            )
+            for attempt in failures
+        ]
+
+    def _replan(self, run: RunRecord, phase: PhaseRecord, failures: list[AttemptRecord], reason: str) -> bool:
+        """Builder ``Replan``: a revised description within the run's intention; False if none came."""
+        run_id, phase_id = run.run_id, phase.phase_id
+        try:
+            response = self._call(
+                "builder",
+                "Replan",
+                self._clients.builder.Replan,
+                builder_pb2.ReplanRequest(**self._doctor_request(run, phase, failures)),
+                self._settings.build_timeout_seconds,
+            )
+        except StepFailed as failure:
+            self._store.append_event(
+                run_id,
+                EventType.RECOVERY,
+                f"replan unavailable ({reason}): {failure.reason}",
+                phase_id=phase_id,
+            )
+            return False
+        self._store.add_recovery_usage(run_id, phase_id, _usage(response.usage), doctor=False)
+        revised = response.revised_description.strip()
+        if not revised or revised == phase.spec.description.strip():
+            self._store.append_event(
+                run_id,
+                EventType.RECOVERY,
+                f"replan ({reason}): no new description came back",
+                phase_id=phase_id,
+            )
+            return False
+        self._store.replan_phase(
+            run_id,
+            phase_id,
+            replace(phase.spec, description=revised),
+            phase.original_description or phase.spec.description,
+            f"replan: {reason}; {_short(response.rationale, 400) or 'no rationale given'} — new description: "
+            f"{_short(revised, 600)} ({response.usage.total_tokens} tokens, {response.model or 'model?'})",
+        )
+        return True
+
+    def _doctor(
+        self, run: RunRecord, run_doctor_calls: int, phase: PhaseRecord, failures: list[AttemptRecord]
+    ) -> tuple[State, str] | None:
+        """Builder ``Diagnose`` within its budgets; acts on the recommended action."""
+        run_id, phase_id = run.run_id, phase.phase_id
+        refusal = recovery.doctor_refusal(
+            phase.doctor_calls,
+            run_doctor_calls,
+            self._settings.doctor_calls_per_phase,
+            self._settings.doctor_calls_per_run,
+        )
+        if refusal:
+            self._store.append_event(
+                run_id, EventType.RECOVERY, f"doctor: not asked, {refusal}", phase_id=phase_id
+            )
+            return None
+        try:
+            response = self._call(
+                "builder",
+                "Diagnose",
+                self._clients.builder.Diagnose,
+                builder_pb2.DiagnoseRequest(
+                    **self._doctor_request(run, phase, failures),
+                    mitigations_applied=[str(item.get("pattern")) for item in phase.mitigations],
+                ),
+                self._settings.build_timeout_seconds,
+            )
+        except StepFailed as failure:
+            if failure.code == grpc.StatusCode.UNIMPLEMENTED.name:
+                message = "doctor unavailable: the builder does not implement Diagnose; deterministic hardening only"
+            else:
+                message = f"doctor unavailable: {failure.reason}; deterministic hardening only"
+            self._store.append_event(run_id, EventType.RECOVERY, message, phase_id=phase_id)
+            return None
+        self._store.add_recovery_usage(run_id, phase_id, _usage(response.usage), doctor=True)
+        action = builder_pb2.DoctorAction.Name(response.action).removeprefix("DOCTOR_ACTION_").lower()
+        diagnosis = _short(response.diagnosis, 500) or "no diagnosis given"
+        message = (
+            f"doctor: {action} (confidence {response.confidence:.2f}, {response.model or 'model?'}, "
+            f"{response.usage.total_tokens} tokens): {diagnosis}"
+        )
+        if response.action == builder_pb2.DOCTOR_ACTION_SKIP_PHASE:
+            self._store.append_event(run_id, EventType.RECOVERY, message, phase_id=phase_id)
+            return State.SKIPPED, f"skipped on the doctor's advice: {diagnosis}"
+        if response.action == builder_pb2.DOCTOR_ACTION_MARK_FATAL:
+            self._store.append_event(run_id, EventType.RECOVERY, message, phase_id=phase_id)
+            return State.FAILED, f"marked fatal by the doctor: {diagnosis}"
+        if response.action == builder_pb2.DOCTOR_ACTION_ROLLBACK_RUN:
+            # Failed attempts are already rolled back: the workspace is as it was before the phase.
+            self._store.append_event(run_id, EventType.RECOVERY, message, phase_id=phase_id)
+            raise RunStopped(State.FAILED, f"the doctor stopped the run (rollback_run): {diagnosis}")
+        hint = response.hint.strip()
+        if hint:
+            message += f"; hint for the next attempt: {_short(hint, 500)}"
+        self._store.update_phase(run_id, phase_id, message, hint=hint)
+        if response.action == builder_pb2.DOCTOR_ACTION_REPLAN:
+            fresh = self._store.get_run(run_id).phase(phase_id)
+            if fresh.replans < self._settings.replans_per_phase:
+                self._replan(run, fresh, failures, "the doctor asked for a re-plan")
+        return None
+
     # -- an attempt ---------------------------------------------------------------------------
 
     def _run_attempt(
-        self, run: RunRecord, spec: PhaseSpec, number: int, previous: AttemptRecord | None
+        self, run: RunRecord, phase: PhaseRecord, number: int, previous: AttemptRecord | None
     ) -> _AttemptResult:
-        run_id, phase_id = run.run_id, spec.phase_id
+        run_id, phase_id = run.run_id, phase.phase_id
         with self._tracer.start_as_current_span(f"attempt {number}", kind=SpanKind.INTERNAL) as span:
             attempt = AttemptRecord(number=number, started_at=utcnow(), trace_id=current_trace_id())
+            attempt.guidance = "\n".join(f"- {hint}" for hint in recovery.guidance(phase))
             span.set_attribute("autopack.phase.attempt", number)
             self._store.save_attempt(
                 run_id, phase_id, attempt, EventType.ATTEMPT_STARTED, f"attempt {number} started"
             )
             scratch = _AttemptScratch()
+            stopped: RunStopped | None = None
             try:
-                self._attempt_steps(run, spec, attempt, previous, scratch)
+                self._attempt_steps(run, phase, attempt, previous, scratch)
                 attempt.outcome = Outcome.SUCCESS
             except StepFailed as failure:
                 attempt.outcome = failure.outcome
                 attempt.failure_reason = _short(failure.reason)
+                attempt.failure_kind = (
+                    FailureKind.TRANSIENT if failure.transient else FailureKind.DETERMINISTIC
+                ).value
+                attempt.counted = not failure.transient
+            except RunStopped as stop:
+                stopped = stop
+                attempt.outcome = Outcome.ERROR
+                attempt.failure_reason = f"interrupted: {stop.reason} (not counted)"
+                attempt.failure_kind = FailureKind.INTERRUPTED.value
+                attempt.counted = False
+            except RunInterrupted:
+                raise  # another replica (or this one after a restart) settles the attempt
             except Exception as error:
                 log.exception("attempt %d of %s/%s failed unexpectedly", number, run_id, phase_id)
                 attempt.outcome = Outcome.ERROR
                 attempt.failure_reason = _short(f"internal error: {error!r}")
+                attempt.failure_kind = FailureKind.DETERMINISTIC.value
+            if attempt.outcome is not Outcome.SUCCESS:
+                attempt.fingerprint = fingerprint(attempt.outcome.value, attempt.failure_reason)
             result = _AttemptResult(attempt, scratch.changed_paths)
             if scratch.build is not None:
                 result.summary = scratch.build.summary
@@ -464,20 +791,25 @@ class RunExecutor:
             if attempt.outcome is not Outcome.SUCCESS:
                 span.set_status(Status(StatusCode.ERROR, attempt.failure_reason[:200]))
             message = f"attempt {number} {attempt.outcome.value}"
+            if attempt.failure_kind == FailureKind.TRANSIENT.value:
+                message += " (infrastructure, not counted)"
             if attempt.failure_reason:
                 message += f": {attempt.failure_reason}"
             self._store.save_attempt(run_id, phase_id, attempt, EventType.ATTEMPT_FINISHED, message)
+            if stopped is not None:
+                raise stopped
             return result
 
     def _attempt_steps(
         self,
         run: RunRecord,
-        spec: PhaseSpec,
+        phase: PhaseRecord,
         attempt: AttemptRecord,
         previous: AttemptRecord | None,
         scratch: _AttemptScratch,
     ) -> None:
         """Steps 2-7 of a phase; raises StepFailed with the attempt outcome on the first failure."""
+        spec = phase.spec
         run_id, phase_id = run.run_id, spec.phase_id
         timeout = self._settings.rpc_timeout_seconds
         step = self._step_event(run_id, phase_id)
@@ -546,7 +878,8 @@ class RunExecutor:
             )
 
         # 5. Estimator: how many output tokens, and what max_tokens to send.
-        self._budget(run_id, spec, attempt, previous, step)
+        self._budget(run_id, phase, attempt, previous, step)
+        self._checkpoint(run_id)
 
         # 6. Builder: file operations with exact usage.
         try:
@@ -563,7 +896,7 @@ class RunExecutor:
                     max_tokens=attempt.actual_max_tokens,
                     model=self._settings.model,
                     attempt=attempt.number,
-                    previous_failure=previous.failure_reason if previous else "",
+                    previous_failure=_previous_failure(previous, attempt.guidance),
                     intention_context=intention,
                     memory_notes=notes,
                 ),
@@ -602,6 +935,7 @@ class RunExecutor:
             raise StepFailed(Outcome.BUILD_FAILED, "builder returned no file operations")
 
         # 7. Applier: apply inside the scope (savepoint), then check.
+        self._checkpoint(run_id)
         applied = self._call(
             "applier",
             "Apply",
@@ -632,35 +966,11 @@ class RunExecutor:
             f"-{applied.lines_removed}), savepoint {applied.savepoint[:12]}"
         )
 
-        if spec.validation_command:
-            check_timeout = spec.validation_timeout_seconds or DEFAULT_CHECK_TIMEOUT_SECONDS
-            checks = self._call(
-                "applier",
-                "RunChecks",
-                self._clients.applier.RunChecks,
-                applier_pb2.RunChecksRequest(
-                    run_id=run_id,
-                    command=list(spec.validation_command),
-                    timeout_seconds=spec.validation_timeout_seconds,
-                ),
-                check_timeout + timeout,
-                outcomes={
-                    grpc.StatusCode.INVALID_ARGUMENT: Outcome.CHECKS_FAILED,
-                    grpc.StatusCode.PERMISSION_DENIED: Outcome.CHECKS_FAILED,
-                    grpc.StatusCode.FAILED_PRECONDITION: Outcome.CHECKS_FAILED,
-                },
-            )
-            attempt.check_exit_code = checks.exit_code
-            command = shlex.join(spec.validation_command)
-            if not checks.passed:
-                how = (
-                    f"timed out after {check_timeout}s" if checks.timed_out else f"exited {checks.exit_code}"
-                )
-                raise StepFailed(
-                    Outcome.CHECKS_FAILED, f"validation `{command}` {how}: {_short(checks.output_tail, 1500)}"
-                )
-            step(f"checks: `{command}` passed in {checks.duration_ms} ms")
+        command = phase.check_command or spec.validation_command
+        if command:
+            self._run_checks(run_id, phase_id, spec, command, attempt, step)
 
+        self._checkpoint(run_id)
         if spec.deliverables:
             present = self._call(
                 "applier",
@@ -678,26 +988,98 @@ class RunExecutor:
                 )
             step(f"deliverables: all {len(spec.deliverables)} present")
 
+    def _run_checks(
+        self,
+        run_id: str,
+        phase_id: str,
+        spec: PhaseSpec,
+        command: tuple[str, ...],
+        attempt: AttemptRecord,
+        step: Callable[[str], None],
+    ) -> None:
+        """Run the validation command; the applier's verdict decides (``passed`` if it gives none).
+
+        A failure the applier attributes to flaky tests only (their result changed on an
+        immediate re-run) is re-run once here before it can fail the attempt.
+        """
+        check_timeout = spec.validation_timeout_seconds or DEFAULT_CHECK_TIMEOUT_SECONDS
+        shown = shlex.join(command)
+
+        def run_once() -> applier_pb2.RunChecksResponse:
+            return self._call(
+                "applier",
+                "RunChecks",
+                self._clients.applier.RunChecks,
+                applier_pb2.RunChecksRequest(
+                    run_id=run_id, command=list(command), timeout_seconds=spec.validation_timeout_seconds
+                ),
+                check_timeout + self._settings.rpc_timeout_seconds,
+                outcomes={
+                    grpc.StatusCode.INVALID_ARGUMENT: Outcome.CHECKS_FAILED,
+                    grpc.StatusCode.PERMISSION_DENIED: Outcome.CHECKS_FAILED,
+                    grpc.StatusCode.FAILED_PRECONDITION: Outcome.CHECKS_FAILED,
+                },
+            )
+
+        checks = run_once()
+        if not _checks_pass(checks) and _only_flaky(checks):
+            self._store.append_event(
+                run_id,
+                EventType.RECOVERY,
+                f"checks: flaky suspects {', '.join(checks.flaky_suspects)}; re-running the checks once "
+                "(not counted as an attempt)",
+                phase_id=phase_id,
+            )
+            checks = run_once()
+        attempt.check_exit_code = checks.exit_code
+        verdict = _verdict_name(checks)
+        attempt.check_verdict = verdict
+        if not _checks_pass(checks):
+            how = f"timed out after {check_timeout}s" if checks.timed_out else f"exited {checks.exit_code}"
+            if verdict:
+                how = f"{verdict} ({how})" + (f": {checks.verdict_reason}" if checks.verdict_reason else "")
+            raise StepFailed(
+                Outcome.CHECKS_FAILED, f"validation `{shown}` {how}: {_short(checks.output_tail, 1500)}"
+            )
+        if checks.flaky_suspects:
+            self._store.append_event(
+                run_id,
+                EventType.RECOVERY,
+                f"checks: {len(checks.flaky_suspects)} flaky suspect(s) passed on re-run "
+                f"({', '.join(checks.flaky_suspects)}); they do not block the phase ({verdict or 'passed'})",
+                phase_id=phase_id,
+            )
+        detail = (
+            f" ({verdict}{': ' + checks.verdict_reason if checks.verdict_reason else ''})" if verdict else ""
+        )
+        step(f"checks: `{shown}` passed in {checks.duration_ms} ms{detail}")
+
     def _budget(
         self,
         run_id: str,
-        spec: PhaseSpec,
+        phase: PhaseRecord,
         attempt: AttemptRecord,
         previous: AttemptRecord | None,
         step: Callable[[str], None],
     ) -> None:
-        """Step 5: a fresh estimate, or an escalated budget when the last attempt was truncated."""
+        """Step 5: a fresh estimate, or (once per phase) an escalated budget after a truncation
+        or an answer that used >= 95% of its budget."""
+        spec = phase.spec
         timeout = self._settings.rpc_timeout_seconds
-        if previous is not None and previous.outcome is Outcome.TRUNCATED and previous.estimate_id:
+        why = recovery.needs_escalation(previous) if previous is not None else None
+        if why and previous is not None and previous.estimate_id and phase.escalations < 1:
+            truncated = why == "truncated"
             escalation = self._call(
                 "estimator",
                 "Escalate",
                 self._clients.estimator.Escalate,
                 estimator_pb2.EscalateRequest(
                     estimate_id=previous.estimate_id,
-                    reason=estimator_pb2.ESCALATION_REASON_TRUNCATED,
+                    reason=estimator_pb2.ESCALATION_REASON_TRUNCATED
+                    if truncated
+                    else estimator_pb2.ESCALATION_REASON_HIGH_UTILIZATION,
                     tokens_used=previous.output_tokens or 0,
-                    was_truncated=True,
+                    was_truncated=truncated,
                 ),
                 timeout,
             )
@@ -705,9 +1087,17 @@ class RunExecutor:
             attempt.predicted_output_tokens = previous.predicted_output_tokens
             attempt.selected_budget = escalation.retry_budget
             attempt.actual_max_tokens = escalation.actual_max_tokens
-            step(
-                f"estimate: escalated {previous.estimate_id} after truncation to budget "
-                f"{escalation.retry_budget}, max_tokens {escalation.actual_max_tokens}"
+            cause = (
+                "truncation"
+                if truncated
+                else f"{previous.output_tokens} of {previous.selected_budget} tokens used"
+            )
+            self._store.update_phase(
+                run_id,
+                spec.phase_id,
+                f"estimate: escalated {previous.estimate_id} after {cause} to budget "
+                f"{escalation.retry_budget}, max_tokens {escalation.actual_max_tokens} (once per phase)",
+                escalations=phase.escalations + 1,
             )
             return
         estimate = self._call(
@@ -834,8 +1224,8 @@ class RunExecutor:
 
         return emit
 
-    @staticmethod
     def _call(
+        self,
         service: str,
         method: str,
         function: Callable[..., Any],
@@ -845,22 +1235,53 @@ class RunExecutor:
         outcomes: Mapping[grpc.StatusCode, Outcome] | None = None,
         on_error: Callable[[grpc.RpcError], None] | None = None,
     ) -> Any:
-        """Call with a deadline; a failure becomes StepFailed naming the service and the status."""
+        """Call with a deadline; a failure becomes StepFailed naming the service and the status.
+
+        UNAVAILABLE/ABORTED are retried with exponential backoff (tenacity); what still fails
+        is a transient StepFailed: infrastructure, not the phase's fault.
+        """
+
+        def attempt_call() -> Any:
+            try:
+                return function(request, timeout=timeout)
+            except grpc.RpcError as error:
+                code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+                if code in RETRIED_CODES:
+                    raise _Retryable(error) from None
+                raise
+
+        retrying = Retrying(
+            retry=retry_if_exception(lambda error: isinstance(error, _Retryable)),
+            stop=stop_after_attempt(self._settings.transient_retries + 1),
+            wait=wait_exponential(multiplier=self._settings.transient_backoff_seconds, max=8),
+            reraise=True,
+        )
         try:
-            return function(request, timeout=timeout)
-        except grpc.RpcError as error:
+            return retrying(attempt_call)
+        except (grpc.RpcError, _Retryable) as failure:
+            error = failure.error if isinstance(failure, _Retryable) else failure
             if on_error is not None:
                 on_error(error)
             code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
             details = (error.details() if isinstance(error, grpc.Call) else str(error)) or ""
-            if code == grpc.StatusCode.UNAVAILABLE:
-                raise StepFailed(Outcome.ERROR, f"{service} unavailable ({method}): {details}") from None
+            if code in RETRIED_CODES:
+                raise StepFailed(
+                    Outcome.ERROR,
+                    f"{service} unavailable ({method}) after {self._settings.transient_retries + 1} tries: {details}",
+                    transient=True,
+                    code=code.name,
+                ) from None
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise StepFailed(
-                    Outcome.ERROR, f"{service} {method} gave no answer within {timeout:.0f}s"
+                    Outcome.ERROR,
+                    f"{service} {method} gave no answer within {timeout:.0f}s",
+                    transient=True,
+                    code=code.name,
                 ) from None
             outcome = (outcomes or {}).get(code, default_outcome)
-            raise StepFailed(outcome, f"{service} {method} failed ({code.name}): {details}") from None
+            raise StepFailed(
+                outcome, f"{service} {method} failed ({code.name}): {details}", code=code.name
+            ) from None
 
     @staticmethod
     def _account_failed_build(error: grpc.RpcError, attempt: AttemptRecord, scratch: _AttemptScratch) -> None:
@@ -916,6 +1337,44 @@ def _builder_error_usage(error: grpc.RpcError) -> dict[str, str] | None:
         if is_info and info.domain == BUILDER_ERROR_DOMAIN:
             return dict(info.metadata)
     return None
+
+
+def _previous_failure(previous: AttemptRecord | None, guidance: str) -> str:
+    """What the next prompt is told: the last failure, then the guidance recovery collected."""
+    parts = [previous.failure_reason] if previous is not None and previous.failure_reason else []
+    if guidance:
+        parts.append("Guidance for this attempt (follow it):\n" + guidance)
+    return "\n\n".join(parts)
+
+
+def _verdict_name(checks: applier_pb2.RunChecksResponse) -> str:
+    """The verdict without prefix, or "" when the applier gave none."""
+    if checks.verdict == applier_pb2.CHECK_VERDICT_UNSPECIFIED:
+        return ""
+    return applier_pb2.CheckVerdict.Name(checks.verdict).removeprefix("CHECK_VERDICT_")
+
+
+def _checks_pass(checks: applier_pb2.RunChecksResponse) -> bool:
+    """PASSED or NO_NEW_FAILURES complete a phase; an applier without verdicts falls back to ``passed``."""
+    if checks.verdict == applier_pb2.CHECK_VERDICT_UNSPECIFIED:
+        return checks.passed
+    return checks.verdict in PASSING_VERDICTS
+
+
+def _only_flaky(checks: applier_pb2.RunChecksResponse) -> bool:
+    """Every newly failing test is a flaky suspect (never for collection errors or timeouts)."""
+    if checks.verdict in (applier_pb2.CHECK_VERDICT_COLLECTION_ERROR, applier_pb2.CHECK_VERDICT_TIMED_OUT):
+        return False
+    suspects = set(checks.flaky_suspects)
+    return bool(suspects) and set(checks.newly_failing) <= suspects
+
+
+def _usage(usage: common_pb2.TokenUsage) -> Usage:
+    return Usage(
+        input_tokens=usage.input_tokens if usage.HasField("input_tokens") else None,
+        output_tokens=usage.output_tokens if usage.HasField("output_tokens") else None,
+        total_tokens=usage.total_tokens,
+    )
 
 
 def _int_or_none(value: str | None) -> int | None:

@@ -16,7 +16,15 @@ from opentelemetry import trace
 from sqlalchemy import Engine
 
 from autopack_orchestrator.clients import ServiceClients
-from autopack_orchestrator.convert import event_to_proto, plan_from_proto, run_to_proto, state_from_proto
+from autopack_orchestrator.convert import (
+    drain_options_from_proto,
+    drain_session_to_proto,
+    event_to_proto,
+    plan_from_proto,
+    run_to_proto,
+    state_from_proto,
+)
+from autopack_orchestrator.drain import DrainController
 from autopack_orchestrator.executor import RunExecutor
 from autopack_orchestrator.plan import validate_plan, validate_run_id
 from autopack_orchestrator.settings import OrchestratorSettings
@@ -32,10 +40,15 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     """Thin adapter: every rule lives in plan.py, store.py or executor.py."""
 
     def __init__(
-        self, store: RunStore, executor: RunExecutor, poll_seconds: float = WATCH_POLL_SECONDS
+        self,
+        store: RunStore,
+        executor: RunExecutor,
+        drains: DrainController,
+        poll_seconds: float = WATCH_POLL_SECONDS,
     ) -> None:
         self._store = store
         self._executor = executor
+        self._drains = drains
         self._poll_seconds = poll_seconds
 
     def CreateRun(self, request: pb.CreateRunRequest, context: grpc.ServicerContext) -> pb.CreateRunResponse:
@@ -62,10 +75,36 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             runs=[run_to_proto(record) for record in records], next_page_token=next_token
         )
 
+    def CancelRun(self, request: pb.CancelRunRequest, context: grpc.ServicerContext) -> pb.CancelRunResponse:
+        run_id = validate_run_id(request.run_id)
+        if len(request.reason) > 2000:
+            raise InvalidArgument("reason", "must be at most 2000 characters")
+        return pb.CancelRunResponse(
+            run=run_to_proto(self._executor.cancel_run(run_id, request.reason.strip()))
+        )
+
+    def ResumeRun(self, request: pb.ResumeRunRequest, context: grpc.ServicerContext) -> pb.ResumeRunResponse:
+        run_id = validate_run_id(request.run_id)
+        return pb.ResumeRunResponse(run=run_to_proto(self._executor.resume_run(run_id)))
+
+    def StartDrain(
+        self, request: pb.StartDrainRequest, context: grpc.ServicerContext
+    ) -> pb.StartDrainResponse:
+        options = drain_options_from_proto(request.options)
+        return pb.StartDrainResponse(session=drain_session_to_proto(self._drains.start(options)))
+
+    def GetDrainSession(
+        self, request: pb.GetDrainSessionRequest, context: grpc.ServicerContext
+    ) -> pb.GetDrainSessionResponse:
+        if not request.session_id:
+            raise InvalidArgument("session_id", "is required")
+        session = self._store.get_drain_session(request.session_id)
+        return pb.GetDrainSessionResponse(session=drain_session_to_proto(session))
+
     def WatchRun(
         self, request: pb.WatchRunRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.WatchRunResponse]:
-        """Replay stored events, then follow new ones until the run's terminal event."""
+        """Replay stored events, then follow new ones until the run's (latest) terminal event."""
         run_id = validate_run_id(request.run_id)
         if request.after_sequence < 0:
             raise InvalidArgument("after_sequence", "must not be negative")
@@ -81,8 +120,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             for event in events:
                 yield event_to_proto(event)
                 last = event.sequence
-                if event.ends_run:
-                    return
+            # Only the latest terminal event ends the stream: a resumed run goes on after an old one.
+            if events and events[-1].ends_run and finished:
+                return
             if not events:
                 if finished:
                     return
@@ -97,6 +137,7 @@ class Orchestrator:
     store: RunStore
     clients: ServiceClients
     executor: RunExecutor
+    drains: DrainController
     servicer: OrchestratorServicer
     shutdown_grace_seconds: float
 
@@ -106,6 +147,7 @@ class Orchestrator:
         )
 
     def close(self) -> None:
+        self.drains.stop()
         self.executor.shutdown(self.shutdown_grace_seconds)
         self.clients.close()
         self.engine.dispose()
@@ -124,11 +166,13 @@ def create_orchestrator(
     clients = clients or ServiceClients()
     executor = RunExecutor(store, clients, settings, tracer=tracer, owner=owner)
     executor.start()
+    drains = DrainController(store, executor.owner, executor.wake)
     return Orchestrator(
         engine=engine,
         store=store,
         clients=clients,
         executor=executor,
-        servicer=OrchestratorServicer(store, executor),
+        drains=drains,
+        servicer=OrchestratorServicer(store, executor, drains),
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
     )

@@ -25,6 +25,7 @@ from autopack_common.errors import AlreadyExists, FailedPrecondition, InvalidArg
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Engine,
     Float,
@@ -50,6 +51,15 @@ from autopack_orchestrator.events import EventBus, EventType, Outcome, RunEvent,
 from autopack_orchestrator.plan import PhaseSpec, Plan
 
 DEFAULT_PAGE_SIZE = 50
+# A run nobody executes: no lease, no pending cancel, no drain limits.
+RELEASED: dict[str, Any] = {
+    "lease_owner": None,
+    "lease_expires_at": None,
+    "cancel_requested": False,
+    "only_phase": None,
+    "max_attempts": None,
+    "phase_deadline": None,
+}
 MAX_PAGE_SIZE = 500
 
 
@@ -71,7 +81,19 @@ runs = Table(
     Column("event_sequence", BigInteger, nullable=False, default=0),
     Column("lease_owner", String(128), nullable=True),
     Column("lease_expires_at", UtcDateTime, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("doctor_calls", Integer, nullable=False, default=0),
+    # Set by a drain: execute only this phase, then stop.
+    Column("only_phase", String(128), nullable=True),
+    # Set by a drain: counted attempts the phase gets (instead of the orchestrator's setting).
+    Column("max_attempts", Integer, nullable=True),
+    # Set by a drain: the executing phase is stopped as a timeout after this time.
+    Column("phase_deadline", UtcDateTime, nullable=True),
+    Column("recovery_input_tokens", Integer, nullable=True),
+    Column("recovery_output_tokens", Integer, nullable=True),
+    Column("recovery_total_tokens", Integer, nullable=False, default=0),
     UniqueConstraint("run_id", name="uq_runs_run_id"),
+    Index("ix_runs_state_lease", "state", "lease_expires_at"),
 )
 
 tiers = Table(
@@ -98,6 +120,14 @@ phases = Table(
     Column("failure_reason", Text, nullable=False, default=""),
     Column("started_at", UtcDateTime, nullable=True),
     Column("finished_at", UtcDateTime, nullable=True),
+    Column("original_description", Text, nullable=False, default=""),
+    Column("doctor_calls", Integer, nullable=False, default=0),
+    Column("replans", Integer, nullable=False, default=0),
+    Column("escalations", Integer, nullable=False, default=0),
+    Column("mitigations", JSON, nullable=True),
+    Column("check_command", JSON, nullable=True),
+    Column("hint", Text, nullable=False, default=""),
+    Column("attempt_floor", Integer, nullable=False, default=0),
     UniqueConstraint("run_id", "phase_id", name="uq_phases_run_phase"),
     Index("ix_phases_run_position", "run_id", "position"),
 )
@@ -127,6 +157,11 @@ attempts = Table(
     Column("started_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime, nullable=True),
     Column("smape", Float, nullable=True),
+    Column("fingerprint", Text, nullable=False, default=""),
+    Column("counted", Boolean, nullable=False, default=True),
+    Column("failure_kind", String(16), nullable=False, default=""),
+    Column("check_verdict", String(32), nullable=False, default=""),
+    Column("guidance", Text, nullable=False, default=""),
     UniqueConstraint("run_id", "phase_id", "number", name="uq_attempts_run_phase_number"),
 )
 
@@ -143,6 +178,22 @@ run_events = Table(
     Column("attempt", JSON, nullable=True),
     Column("time", UtcDateTime, nullable=False),
     UniqueConstraint("run_id", "sequence", name="uq_run_events_run_sequence"),
+)
+
+drain_sessions = Table(
+    "drain_sessions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String(128), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("options", JSON, nullable=False),
+    Column("planned", JSON, nullable=False),
+    Column("results", JSON, nullable=False),
+    Column("summary", JSON, nullable=False),
+    Column("owner", String(128), nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime, nullable=True),
+    UniqueConstraint("session_id", name="uq_drain_sessions_session_id"),
 )
 
 
@@ -170,6 +221,12 @@ class AttemptRecord:
     trace_id: str = ""
     finished_at: datetime | None = None
     smape: float | None = None
+    fingerprint: str = ""
+    # False when the attempt does not use up one of the phase's attempts (interrupted, infrastructure).
+    counted: bool = True
+    failure_kind: str = ""
+    check_verdict: str = ""
+    guidance: str = ""
 
     @property
     def finished(self) -> bool:
@@ -189,7 +246,7 @@ class AttemptRecord:
         for key in ("started_at", "finished_at"):
             if values.get(key):
                 values[key] = datetime.fromisoformat(values[key])
-        values["outcome"] = Outcome(values.get("outcome", Outcome.UNSPECIFIED))
+        values["outcome"] = Outcome(values.get("outcome") or Outcome.UNSPECIFIED)
         known = {item.name for item in fields(cls)}
         return cls(**{key: value for key, value in values.items() if key in known})
 
@@ -204,10 +261,29 @@ class PhaseRecord:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
+    original_description: str = ""
+    doctor_calls: int = 0
+    replans: int = 0
+    escalations: int = 0
+    # Deterministic mitigations in force: {"pattern", "description", "hint", "command"}.
+    mitigations: list[dict[str, Any]] = field(default_factory=list)
+    # Validation command rewritten by a mitigation; None = the plan's.
+    check_command: tuple[str, ...] | None = None
+    # The doctor's hint for the next attempt.
+    hint: str = ""
+    # Attempts numbered up to this belong to an earlier execution (before a resume or drain).
+    attempt_floor: int = 0
 
     @property
     def phase_id(self) -> str:
         return self.spec.phase_id
+
+    def current_attempts(self) -> list[AttemptRecord]:
+        """Attempts of this execution (after the last resume or drain)."""
+        return [attempt for attempt in self.attempts if attempt.number > self.attempt_floor]
+
+    def counted_attempts(self) -> int:
+        return sum(1 for attempt in self.current_attempts() if attempt.counted and attempt.finished)
 
 
 @dataclass
@@ -222,8 +298,10 @@ class TierRecord:
         states = [phase.state for phase in self.phases]
         if any(state is State.FAILED for state in states):
             return State.FAILED
-        if all(state is State.COMPLETE for state in states):
+        if all(state.done for state in states):
             return State.COMPLETE
+        if any(state is State.CANCELLED for state in states):
+            return State.CANCELLED
         if all(state is State.QUEUED for state in states):
             return State.QUEUED
         return State.EXECUTING
@@ -251,6 +329,11 @@ class RunRecord:
     finished_at: datetime | None = None
     tiers: list[TierRecord] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
+    cancel_requested: bool = False
+    doctor_calls: int = 0
+    only_phase: str | None = None
+    max_attempts: int | None = None
+    phase_deadline: datetime | None = None
 
     def phases(self) -> list[PhaseRecord]:
         """Every phase in execution order."""
@@ -263,7 +346,7 @@ class RunRecord:
         raise NotFound(f"run {self.run_id!r} has no phase {phase_id!r}")
 
 
-def _sum_usage(items: Iterable[AttemptRecord]) -> Usage:
+def _sum_usage(items: Iterable[AttemptRecord | Usage]) -> Usage:
     items = list(items)
     inputs = [item.input_tokens for item in items if item.input_tokens is not None]
     outputs = [item.output_tokens for item in items if item.output_tokens is not None]
@@ -271,6 +354,12 @@ def _sum_usage(items: Iterable[AttemptRecord]) -> Usage:
         input_tokens=sum(inputs) if inputs else None,
         output_tokens=sum(outputs) if outputs else None,
         total_tokens=sum(item.total_tokens for item in items),
+    )
+
+
+def _recovery_usage(row: Any) -> Usage:
+    return Usage(
+        row["recovery_input_tokens"], row["recovery_output_tokens"], row["recovery_total_tokens"] or 0
     )
 
 
@@ -429,6 +518,12 @@ class RunStore:
                 failure_reason=row["failure_reason"],
                 started_at=row["started_at"],
                 finished_at=row["finished_at"],
+                cancel_requested=bool(row["cancel_requested"]),
+                doctor_calls=row["doctor_calls"] or 0,
+                only_phase=row["only_phase"],
+                max_attempts=row["max_attempts"],
+                phase_deadline=row["phase_deadline"],
+                usage=_recovery_usage(row),
             )
             for row in rows
         }
@@ -449,13 +544,23 @@ class RunStore:
                     started_at=phase_row["started_at"],
                     finished_at=phase_row["finished_at"],
                     attempts=attempts_by_phase.get((phase_row["run_id"], spec.phase_id), []),
+                    original_description=phase_row["original_description"] or "",
+                    doctor_calls=phase_row["doctor_calls"] or 0,
+                    replans=phase_row["replans"] or 0,
+                    escalations=phase_row["escalations"] or 0,
+                    mitigations=list(phase_row["mitigations"] or []),
+                    check_command=tuple(phase_row["check_command"]) if phase_row["check_command"] else None,
+                    hint=phase_row["hint"] or "",
+                    attempt_floor=phase_row["attempt_floor"] or 0,
                 )
             )
         for record in records.values():
+            recovery = record.usage
             if with_attempts:
-                record.usage = _sum_usage(a for phase in record.phases() for a in phase.attempts)
+                attempt_usage = _sum_usage(a for phase in record.phases() for a in phase.attempts)
             else:
-                record.usage = usage_by_run.get(record.run_id, Usage())
+                attempt_usage = usage_by_run.get(record.run_id, Usage())
+            record.usage = _sum_usage([attempt_usage, recovery])
         return [records[run_id] for run_id in run_ids]
 
     def run_state(self, run_id: str) -> State:
@@ -492,28 +597,40 @@ class RunStore:
         self.bus.publish(run_id)
         return self.get_run(run_id)
 
-    def claim_abandoned_runs(self, owner: str, lease_seconds: float) -> list[str]:
-        """Take over EXECUTING runs whose lease expired (their process died); returns their ids."""
+    def claim_runs(self, owner: str, lease_seconds: float, limit: int) -> list[str]:
+        """Take up to ``limit`` EXECUTING runs nobody holds (lease empty or expired); returns their ids.
+
+        Unowned runs are work waiting for any replica (a resumed run, a drained phase); an
+        expired lease belongs to a replica that died. On PostgreSQL the candidates are locked
+        with ``FOR UPDATE SKIP LOCKED``, so racing replicas take different rows instead of
+        queueing behind each other; the conditional update makes the claim exact on SQLite too.
+        """
+        if limit <= 0:
+            return []
         now = self._clock()
-        expired = and_(
+        claimable = and_(
             runs.c.state == State.EXECUTING.value,
             or_(runs.c.lease_expires_at.is_(None), runs.c.lease_expires_at < now),
         )
-        with self.engine.connect() as conn:
-            candidates = list(
-                conn.execute(select(runs.c.run_id).where(expired).order_by(runs.c.id)).scalars()
-            )
         claimed: list[str] = []
-        for run_id in candidates:
-            # Conditional update: of several replicas racing for a run, exactly one matches.
-            with self.engine.begin() as conn:
+        with self.engine.begin() as conn:
+            candidates = list(
+                conn.execute(
+                    select(runs.c.run_id)
+                    .where(claimable)
+                    .order_by(runs.c.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                ).scalars()
+            )
+            for run_id in candidates:
                 result = conn.execute(
                     update(runs)
-                    .where(runs.c.run_id == run_id, expired)
+                    .where(runs.c.run_id == run_id, claimable)
                     .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds))
                 )
-            if result.rowcount == 1:
-                claimed.append(run_id)
+                if result.rowcount == 1:
+                    claimed.append(run_id)
         return claimed
 
     def renew_leases(self, owner: str, lease_seconds: float, run_ids: Collection[str]) -> int:
@@ -544,6 +661,18 @@ class RunStore:
             ).scalar_one_or_none()
         return value == owner
 
+    def run_control(self, run_id: str) -> tuple[str | None, bool, datetime | None]:
+        """What an executing replica checks between steps: lease owner, cancel flag, phase deadline."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(runs.c.lease_owner, runs.c.cancel_requested, runs.c.phase_deadline).where(
+                    runs.c.run_id == run_id
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"run_id {run_id!r} not found")
+        return row[0], bool(row[1]), row[2]
+
     def release_lease(self, run_id: str, owner: str) -> None:
         """Let another process resume the run now instead of after the lease expires."""
         with self.engine.begin() as conn:
@@ -569,12 +698,274 @@ class RunStore:
                     state=state.value,
                     failure_reason=failure_reason,
                     finished_at=self._clock(),
-                    lease_owner=None,
-                    lease_expires_at=None,
+                    **RELEASED,
                 )
             )
             self._append(conn, run_id, EventType.RUN_STATE, message, state=state)
         self.bus.publish(run_id)
+
+    def park_run(self, run_id: str, message: str) -> None:
+        """Back to QUEUED after a drained phase, with later phases still to do (StartRun continues it)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(runs)
+                .where(runs.c.run_id == run_id)
+                .values(
+                    state=State.QUEUED.value,
+                    failure_reason="",
+                    **RELEASED,
+                )
+            )
+            self._append(conn, run_id, EventType.RUN_STATE, message, state=State.QUEUED)
+        self.bus.publish(run_id)
+
+    # -- cancel, resume, drain ----------------------------------------------------------------
+
+    def request_cancel(self, run_id: str, reason: str) -> RunRecord:
+        """QUEUED, or EXECUTING with no live lease: CANCELLED now; EXECUTING: flagged for its replica."""
+        now = self._clock()
+        message = "run cancelled" + (f": {reason}" if reason else "")
+        with self.engine.begin() as conn:
+            row = (
+                conn.execute(select(runs).where(runs.c.run_id == run_id).with_for_update()).mappings().first()
+            )
+            if row is None:
+                raise NotFound(f"run_id {run_id!r} not found")
+            state = State(row["state"])
+            if state not in (State.QUEUED, State.EXECUTING):
+                raise FailedPrecondition(
+                    f"run {run_id!r} is {state.value}; only a QUEUED or EXECUTING run can be cancelled"
+                )
+            live = row["lease_expires_at"] is not None and row["lease_expires_at"] >= now
+            if state is State.EXECUTING and live:
+                conn.execute(update(runs).where(runs.c.run_id == run_id).values(cancel_requested=True))
+                self._append(
+                    conn,
+                    run_id,
+                    EventType.RUN_STATE,
+                    f"cancel requested{': ' + reason if reason else ''}; stopping at the next step",
+                    state=State.EXECUTING,
+                )
+            else:
+                conn.execute(
+                    update(phases)
+                    .where(phases.c.run_id == run_id, phases.c.state == State.EXECUTING.value)
+                    .values(state=State.CANCELLED.value, failure_reason="cancelled", finished_at=now)
+                )
+                conn.execute(
+                    update(runs)
+                    .where(runs.c.run_id == run_id)
+                    .values(
+                        state=State.CANCELLED.value,
+                        failure_reason=reason or "cancelled",
+                        finished_at=now,
+                        **RELEASED,
+                    )
+                )
+                self._append(conn, run_id, EventType.RUN_STATE, message, state=State.CANCELLED)
+        self.bus.publish(run_id)
+        return self.get_run(run_id)
+
+    def _reopen_phases(self, conn: Connection, run_id: str, phase_ids: Collection[str] | None) -> None:
+        """Unfinished phases back to QUEUED with a fresh attempt budget (earlier attempts stay)."""
+        query = select(phases.c.phase_id, phases.c.state).where(phases.c.run_id == run_id)
+        for phase_id, state in conn.execute(query):
+            if State(state).done or (phase_ids is not None and phase_id not in phase_ids):
+                continue
+            floor = conn.execute(
+                select(func.max(attempts.c.number)).where(
+                    attempts.c.run_id == run_id, attempts.c.phase_id == phase_id
+                )
+            ).scalar_one_or_none()
+            conn.execute(
+                update(phases)
+                .where(phases.c.run_id == run_id, phases.c.phase_id == phase_id)
+                .values(
+                    state=State.QUEUED.value,
+                    failure_reason="",
+                    finished_at=None,
+                    attempt_floor=int(floor or 0),
+                    doctor_calls=0,
+                    replans=0,
+                    escalations=0,
+                    hint="",
+                )
+            )
+
+    def resume_run(self, run_id: str, owner: str, lease_seconds: float) -> RunRecord:
+        """FAILED/CANCELLED -> EXECUTING under ``owner``'s lease; finished phases are kept."""
+        now = self._clock()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(runs)
+                .where(
+                    runs.c.run_id == run_id,
+                    runs.c.state.in_([State.FAILED.value, State.CANCELLED.value]),
+                )
+                .values(
+                    state=State.EXECUTING.value,
+                    failure_reason="",
+                    started_at=now,
+                    finished_at=None,
+                    **{
+                        **RELEASED,
+                        "lease_owner": owner,
+                        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+                    },
+                )
+            )
+            if result.rowcount == 0:
+                current = conn.execute(
+                    select(runs.c.state).where(runs.c.run_id == run_id)
+                ).scalar_one_or_none()
+                if current is None:
+                    raise NotFound(f"run_id {run_id!r} not found")
+                raise FailedPrecondition(
+                    f"run {run_id!r} is {current}; only a FAILED or CANCELLED run can be resumed"
+                )
+            self._reopen_phases(conn, run_id, None)
+            self._append(conn, run_id, EventType.RUN_STATE, "run resumed on request", state=State.EXECUTING)
+        self.bus.publish(run_id)
+        return self.get_run(run_id)
+
+    def queue_drained_phase(
+        self, run_id: str, phase_id: str, deadline: datetime, session_id: str, max_attempts: int | None = None
+    ) -> bool:
+        """Hand one phase of an idle run to any replica (unowned EXECUTING, only this phase).
+
+        False when the run is no longer idle (someone started, resumed or drained it meanwhile).
+        """
+        now = self._clock()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(runs)
+                .where(
+                    runs.c.run_id == run_id,
+                    runs.c.state.in_([State.FAILED.value, State.QUEUED.value, State.CANCELLED.value]),
+                )
+                .values(
+                    state=State.EXECUTING.value,
+                    failure_reason="",
+                    started_at=now,
+                    finished_at=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    cancel_requested=False,
+                    only_phase=phase_id,
+                    max_attempts=max_attempts,
+                    phase_deadline=deadline,
+                )
+            )
+            if result.rowcount == 0:
+                return False
+            self._reopen_phases(conn, run_id, {phase_id})
+            self._append(
+                conn,
+                run_id,
+                EventType.RUN_STATE,
+                f"drain {session_id}: phase {phase_id} queued for any replica",
+                state=State.EXECUTING,
+            )
+        self.bus.publish(run_id)
+        return True
+
+    def update_phase(
+        self, run_id: str, phase_id: str, message: str, event: EventType = EventType.RECOVERY, **values: Any
+    ) -> None:
+        """Change recovery columns of a phase (mitigations, hint, counters, ...) with their event."""
+        if "check_command" in values and values["check_command"] is not None:
+            values["check_command"] = list(values["check_command"])
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(phases)
+                .where(phases.c.run_id == run_id, phases.c.phase_id == phase_id)
+                .values(**values)
+            )
+            self._append(conn, run_id, event, message, phase_id=phase_id)
+        self.bus.publish(run_id)
+
+    def replan_phase(self, run_id: str, phase_id: str, spec: PhaseSpec, original: str, message: str) -> None:
+        """Store a revised phase spec, keeping the plan's description; one transaction with its event."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(phases)
+                .where(phases.c.run_id == run_id, phases.c.phase_id == phase_id)
+                .values(spec=spec.to_json(), original_description=original, replans=phases.c.replans + 1)
+            )
+            self._append(conn, run_id, EventType.RECOVERY, message, phase_id=phase_id)
+        self.bus.publish(run_id)
+
+    def add_recovery_usage(self, run_id: str, phase_id: str, usage: Usage, doctor: bool) -> None:
+        """Tokens of a doctor or re-plan call go into the run's totals (and the doctor budgets)."""
+        values: dict[str, Any] = {"recovery_total_tokens": runs.c.recovery_total_tokens + usage.total_tokens}
+        if usage.input_tokens is not None:
+            values["recovery_input_tokens"] = (
+                func.coalesce(runs.c.recovery_input_tokens, 0) + usage.input_tokens
+            )
+        if usage.output_tokens is not None:
+            values["recovery_output_tokens"] = (
+                func.coalesce(runs.c.recovery_output_tokens, 0) + usage.output_tokens
+            )
+        if doctor:
+            values["doctor_calls"] = runs.c.doctor_calls + 1
+        with self.engine.begin() as conn:
+            conn.execute(update(runs).where(runs.c.run_id == run_id).values(**values))
+            if doctor:
+                conn.execute(
+                    update(phases)
+                    .where(phases.c.run_id == run_id, phases.c.phase_id == phase_id)
+                    .values(doctor_calls=phases.c.doctor_calls + 1)
+                )
+
+    def failed_attempts_since(self, run_id: str, since: datetime | None) -> list[AttemptRecord]:
+        """Finished, failed attempts of the run that started at or after ``since`` (health budget)."""
+        query = select(attempts).where(
+            attempts.c.run_id == run_id,
+            attempts.c.finished_at.is_not(None),
+            attempts.c.outcome != Outcome.SUCCESS.value,
+        )
+        if since is not None:
+            query = query.where(attempts.c.started_at >= since)
+        with self.engine.connect() as conn:
+            return [_attempt_from_row(row) for row in conn.execute(query).mappings()]
+
+    # -- drain sessions -----------------------------------------------------------------------
+
+    def idle_runs(self, run_ids: Collection[str] = ()) -> list[RunRecord]:
+        """Runs nobody executes (QUEUED, FAILED, CANCELLED) with attempts, oldest first: drain input."""
+        query = (
+            select(runs)
+            .where(runs.c.state.in_([State.QUEUED.value, State.FAILED.value, State.CANCELLED.value]))
+            .order_by(runs.c.id)
+        )
+        if run_ids:
+            query = query.where(runs.c.run_id.in_(list(run_ids)))
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(query).mappings())
+            return self._load_runs(conn, rows, with_attempts=True)
+
+    def save_drain_session(self, session: dict[str, Any]) -> None:
+        """Insert or replace a drain session (a JSON-ready dict with the table's columns)."""
+        values = {name: session[name] for name in session if name in drain_sessions.c and name != "id"}
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(drain_sessions)
+                .where(drain_sessions.c.session_id == session["session_id"])
+                .values(**values)
+            )
+            if result.rowcount == 0:
+                conn.execute(insert(drain_sessions).values(**values))
+
+    def get_drain_session(self, session_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(select(drain_sessions).where(drain_sessions.c.session_id == session_id))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFound(f"session_id {session_id!r} not found")
+        return dict(row)
 
     def set_phase_state(
         self, run_id: str, phase_id: str, state: State, message: str, failure_reason: str = ""
