@@ -293,3 +293,37 @@ def test_apply_refuses_edits_that_would_report_on_a_secret(
     assert details.startswith(field) and "secret file" in details and "FILE_MODE_MODIFY" in details
     assert DB_PASSWORD not in details
     assert state(workspace) == before
+
+
+def test_test_ids_parametrized_with_a_secret_do_not_name_it(
+    stub: applier_pb2_grpc.ApplierServiceStub, workspace: Path
+) -> None:
+    """A new failing test whose id carries the key: newly_failing and the verdict mask it."""
+    test = (
+        "import pytest\n\n"
+        "KEY = open('.env').read().split('\\n')[0].split('=', 1)[1].strip('\"')\n\n\n"
+        "@pytest.mark.parametrize('key', [KEY])\n"
+        "def test_key_is_rotated(key):\n"
+        "    assert key == 'rotated'\n"
+    )
+    stub.Apply(
+        applier_pb2.ApplyRequest(
+            run_id="run-1",
+            phase_id="p1",
+            scope=common_pb2.Scope(paths=["tests/"]),
+            operations=[
+                common_pb2.FileOperation(
+                    path="tests/test_key.py", mode=common_pb2.FILE_MODE_CREATE, new_content=test
+                )
+            ],
+        ),
+        timeout=TIMEOUT,
+    )
+    reply = stub.RunChecks(
+        applier_pb2.RunChecksRequest(run_id="run-1", command=["python", "-m", "pytest", "-q", "tests"]),
+        timeout=60,
+    )
+    assert reply.verdict == applier_pb2.CHECK_VERDICT_NEW_FAILURES, reply.verdict_reason
+    assert list(reply.newly_failing) == [f"tests/test_key.py::test_key_is_rotated[{MARKER.decode()}]"]
+    assert MARKER.decode() in reply.verdict_reason
+    assert_no_secret(reply)

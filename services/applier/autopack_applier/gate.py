@@ -35,7 +35,7 @@ from autopack_applier.testreport import (
     reporting_command,
     rerun_command,
 )
-from autopack_applier.withholding import secret_values
+from autopack_applier.withholding import redact_text, secret_values
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,20 @@ class CheckGate:
         judgement = judge(
             result, report, report_problem=problem, baseline=baseline, rerun=rerun, is_baseline=is_baseline
         )
+        if report is not None and (report.outcomes or report.collection_errors):
+            # Test ids carry parameters: a test parametrized with a secret would name it.
+            values = secret_values(workspace)
+            judgement = dataclasses.replace(
+                judgement,
+                reason=redact_text(judgement.reason, values),
+                newly_failing=tuple(redact_text(test, values) for test in judgement.newly_failing),
+                fixed=tuple(redact_text(test, values) for test in judgement.fixed),
+                flaky_suspects=tuple(redact_text(test, values) for test in judgement.flaky_suspects),
+            )
+            report = dataclasses.replace(
+                report,
+                collection_errors=tuple(redact_text(error, values) for error in report.collection_errors),
+            )
         return GateResult(result, judgement, report, is_baseline, baseline)
 
     def _run_with_report(

@@ -110,6 +110,11 @@ def redact(output: bytes, values: Iterable[str]) -> bytes:
     return re.compile(b"|".join(re.escape(encoded) for encoded in present)).sub(MARKER, output)
 
 
+def redact_text(text: str, values: Iterable[str]) -> str:
+    """``redact`` for text (a test id, a verdict sentence)."""
+    return redact(text.encode("utf-8"), values).decode("utf-8")
+
+
 def resolve_in_workspace(root: Path, relative: str) -> tuple[Path, str] | None:
     """Where ``relative`` really is under ``root`` (symlink-free) and its relative form; None outside."""
     root = Path(os.path.realpath(root))
