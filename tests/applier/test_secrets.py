@@ -73,6 +73,12 @@ def read(stub: applier_pb2_grpc.ApplierServiceStub, *paths: str) -> applier_pb2.
     return stub.ReadFiles(applier_pb2.ReadFilesRequest(run_id="run-1", paths=list(paths)), timeout=TIMEOUT)
 
 
+def apply_request(operation: common_pb2.FileOperation, *scope: str) -> applier_pb2.ApplyRequest:
+    return applier_pb2.ApplyRequest(
+        run_id="run-1", phase_id="p1", scope=common_pb2.Scope(paths=list(scope)), operations=[operation]
+    )
+
+
 def assert_no_secret(message: object) -> None:
     """No secret value anywhere in a reply, whatever field it might hide in."""
     wire = message.SerializeToString()  # type: ignore[attr-defined]
@@ -130,21 +136,12 @@ def test_an_allowed_subtree_is_writable_but_its_secrets_never_readable(
     stub: applier_pb2_grpc.ApplierServiceStub, workspace: Path
 ) -> None:
     """ALLOWED_PATHS lets an Apply write config/.env.local without approval; reading stays closed."""
-    stub.Apply(
-        applier_pb2.ApplyRequest(
-            run_id="run-1",
-            phase_id="p1",
-            scope=common_pb2.Scope(paths=["config/"]),
-            operations=[
-                common_pb2.FileOperation(
-                    path="config/.env.local",
-                    mode=common_pb2.FILE_MODE_MODIFY,
-                    new_content="DB_PASSWORD=rotated-by-phase-1\n",
-                )
-            ],
-        ),
-        timeout=TIMEOUT,
+    operation = common_pb2.FileOperation(
+        path="config/.env.local",
+        mode=common_pb2.FILE_MODE_MODIFY,
+        new_content="DB_PASSWORD=rotated-by-phase-1\n",
     )
+    stub.Apply(apply_request(operation, "config/"), timeout=TIMEOUT)
     assert (workspace / "config/.env.local").read_text() == "DB_PASSWORD=rotated-by-phase-1\n"
     reply = read(stub, "config/.env.local")
     assert [item.path for item in reply.withheld] == ["config/.env.local"] and not reply.files
@@ -279,15 +276,7 @@ def test_apply_refuses_edits_that_would_report_on_a_secret(
     """A search block or a stale hash would say whether a guess matches: refused before reading."""
     before = state(workspace)
     with pytest.raises(grpc.RpcError) as error:
-        stub.Apply(
-            applier_pb2.ApplyRequest(
-                run_id="run-1",
-                phase_id="p1",
-                scope=common_pb2.Scope(paths=["config/", "linked/"]),
-                operations=[operation],
-            ),
-            timeout=TIMEOUT,
-        )
+        stub.Apply(apply_request(operation, "config/", "linked/"), timeout=TIMEOUT)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = error.value.details() or ""
     assert details.startswith(field) and "secret file" in details and "FILE_MODE_MODIFY" in details
@@ -306,19 +295,10 @@ def test_test_ids_parametrized_with_a_secret_do_not_name_it(
         "def test_key_is_rotated(key):\n"
         "    assert key == 'rotated'\n"
     )
-    stub.Apply(
-        applier_pb2.ApplyRequest(
-            run_id="run-1",
-            phase_id="p1",
-            scope=common_pb2.Scope(paths=["tests/"]),
-            operations=[
-                common_pb2.FileOperation(
-                    path="tests/test_key.py", mode=common_pb2.FILE_MODE_CREATE, new_content=test
-                )
-            ],
-        ),
-        timeout=TIMEOUT,
+    operation = common_pb2.FileOperation(
+        path="tests/test_key.py", mode=common_pb2.FILE_MODE_CREATE, new_content=test
     )
+    stub.Apply(apply_request(operation, "tests/"), timeout=TIMEOUT)
     reply = stub.RunChecks(
         applier_pb2.RunChecksRequest(run_id="run-1", command=["python", "-m", "pytest", "-q", "tests"]),
         timeout=60,
