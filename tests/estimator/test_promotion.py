@@ -95,6 +95,20 @@ def test_a_candidate_dominated_by_the_current_model_is_refused() -> None:
     assert promotion_verdict(report(metrics(30.0, 0.04, 3.0), metrics(30.0, 0.04, 3.1))).promote
 
 
+def test_domination_is_read_along_the_candidates_frontier() -> None:
+    """A buffer sitting just above a held-out phase buys nothing there; trimmed, the candidate wins."""
+    current = frontier([(1.0, 0.05, 3.2), (1.25, 0.05, 4.0)])
+    trimmable = frontier([(0.9, 0.05, 3.05), (1.0, 0.05, 3.9), (1.1, 0.025, 4.3)])
+    cautious = report(
+        metrics(14.3, 0.05, 3.2), metrics(14.3, 0.05, 3.9), baseline_frontier=current, frontier=trimmable
+    )
+    assert promotion_verdict(cautious).promote, promotion_verdict(cautious).reasons
+    worse = frontier([(0.9, 0.075, 3.3), (1.0, 0.05, 3.9), (1.1, 0.025, 4.3)])
+    verdict = promotion_verdict(replace(cautious, frontier=worse))
+    assert not verdict.promote and verdict.reasons[0].startswith("P90 waste")
+    assert "3.90x against 3.20x" in verdict.reasons[0]
+
+
 def test_smape_tolerance_grows_with_the_noise_of_the_comparison() -> None:
     base = report(metrics(30.0, 0.04, 3.0), metrics(34.0, 0.04, 3.0))
     assert promotion_verdict(base).reasons[0].startswith("median SMAPE")
