@@ -188,6 +188,9 @@ class CalibrationResult:
 
     candidate: ModelParameters
     report: CalibrationReport
+    # The candidate with re-learned predictions when the guard refused it and only the safety
+    # margins were re-learned instead (``candidate``); None otherwise.
+    declined: CalibrationResult | None = None
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -1251,7 +1254,8 @@ def calibrate(
                 f"re-learned predictions were not kept -- {rejected.reasons[0]} -- so this candidate keeps "
                 "the current model's predictions and re-learns only its safety margins"
             )
-            result = replace(margins, report=replace(margins.report, notes=(note, *margins.report.notes)))
+            report = replace(margins.report, notes=(note, *margins.report.notes))
+            result = replace(margins, report=report, declined=result)
     if time_split_fraction is None:
         return result
     time_split = time_split_evaluation(events, base, fraction=time_split_fraction, seed=seed, **settings)
