@@ -13,6 +13,7 @@ from autopack_estimator.frontier import (
     global_buffer_frontier,
     judge,
     mark_chosen,
+    no_worse_at_equal_misses,
     scaled_frontier,
     waste_at,
 )
@@ -173,3 +174,12 @@ def test_halving_misses_above_the_operating_point_also_puts_misses_first() -> No
     assert promotion_verdict(halved).promote
     not_halved = replace(halved, after=metrics(20.8, 0.08, 3.6))
     assert promotion_verdict(not_halved).reasons[0].startswith("median SMAPE")
+
+
+def test_no_worse_at_equal_misses_reads_both_frontiers_and_the_served_points() -> None:
+    current = frontier([(0.9, 0.10, 2.9), (1.0, 0.08, 3.25), (1.6, 0.04, 5.2)])
+    assert no_worse_at_equal_misses(frontier([(0.8, 0.06, 3.4), (1.0, 0.04, 4.1)]), current)
+    # As served it misses less, but the current model trimmed to 4 % needs less than its 5.6x.
+    assert not no_worse_at_equal_misses(frontier([(0.8, 0.06, 4.5), (1.0, 0.04, 5.6)]), current)
+    # No fewer misses than the current model as served, for more waste: dominated.
+    assert not no_worse_at_equal_misses(frontier([(0.9, 0.08, 2.8), (1.0, 0.08, 3.5)]), current)
