@@ -498,7 +498,7 @@ def protocol_sections(quick: bool) -> list[Section]:
     prediction with one global buffer chosen in hindsight on the held-out phases.
     """
     from autopack_estimator.crossval import cross_validate_by_run, pooled
-    from autopack_estimator.frontier import waste_at
+    from autopack_estimator.frontier import no_worse_at_equal_misses, waste_at
     from autopack_estimator.model import ModelParameters
     from autopack_estimator.synthetic import legacy_run_telemetry
     from autopack_estimator.telemetry_io import read_ndjson
@@ -570,6 +570,16 @@ def protocol_sections(quick: bool) -> list[Section]:
                 f"{name}: at {100 * served.miss_rate:.1f}% misses or fewer (the calibrated model's), the "
                 f"calibrated frontier needs P90 waste {own:.2f}x, the default's "
                 + (f"{reference:.2f}x" if reference is not None else "more than any buffer tried reaches")
+            )
+            holds = [no_worse_at_equal_misses(r.calibrated_frontier, r.default_frontier) for r in guarded]
+            table.notes.append(
+                f"{name}: per set, the calibrated model (guarded) needs no more P90 waste than the default at its "
+                f"misses in {sum(holds)} of {len(holds)}"
+                + (
+                    f" (not: sets {', '.join(str(i) for i, ok in enumerate(holds) if not ok)})"
+                    if not all(holds)
+                    else ""
+                )
             )
             defaults = {round(p.buffer, 4): p for p in result.default_frontier}
             for point in result.calibrated_frontier:

@@ -122,8 +122,10 @@ def synthetic() -> Callable[..., list[estimator_pb2.TelemetryEvent]]:
 def worse_candidate_telemetry() -> list[estimator_pb2.TelemetryEvent]:
     """Training runs of a legacy-shaped set whose calibration the promotion guard rejects by a metric.
 
-    The first such set of the generator (4 of 5 run-folds, as the real telemetry was judged),
-    found with the domain functions: the service must come to the same verdict from the same events.
+    4 of 5 run-folds, as the real telemetry was judged. Since a refused candidate falls back to
+    re-learning only the safety margins, few sets end rejected: this is the first of seeds 0-79
+    (found with the domain functions, pinned to keep the fixture fast). The service must come to
+    the same verdict from the same events.
     """
     from autopack_estimator.calibration import calibrate
     from autopack_estimator.crossval import folds_by_run
@@ -131,13 +133,13 @@ def worse_candidate_telemetry() -> list[estimator_pb2.TelemetryEvent]:
     from autopack_estimator.service import imported_record, training_event
     from autopack_estimator.synthetic import legacy_run_telemetry
 
-    for seed in range(20):
-        messages = sorted(legacy_run_telemetry(seed), key=lambda m: m.timestamp.ToDatetime())
-        folds = folds_by_run([m.run_id for m in messages])
-        for fold in range(5):
-            train = [m for m in messages if folds[m.run_id] != fold]
-            events = [training_event(imported_record(m)) for m in train]
-            verdict = calibrate(events, ModelParameters.default(), new_version="probe").report.verdict
-            if verdict is not None and not verdict.promote and not verdict.reasons[0].startswith("held-out"):
-                return train
-    raise AssertionError("no legacy-shaped training set with a rejected calibration")
+    seed, fold = 47, 2
+    messages = sorted(legacy_run_telemetry(seed), key=lambda m: m.timestamp.ToDatetime())
+    folds = folds_by_run([m.run_id for m in messages])
+    train = [m for m in messages if folds[m.run_id] != fold]
+    events = [training_event(imported_record(m)) for m in train]
+    verdict = calibrate(
+        events, ModelParameters.default(), new_version="probe", time_split_fraction=None
+    ).report.verdict
+    assert verdict is not None and not verdict.promote and verdict.reasons[0].startswith("P90 waste"), verdict
+    return train

@@ -157,7 +157,11 @@ def test_outliers_do_not_drag_the_factor() -> None:
     events = group_events(100, 1.5, seed=4, sigma=0.15)
     wild = [replace(e, actual_output_tokens=e.actual_output_tokens * 30) for e in events[:12]]
     result = calibrate(events[12:] + wild, DEFAULT, new_version="c")
-    assert learned(result, "tests", "low").factor == pytest.approx(1.5, rel=0.1)
+    # Chasing the wild 12 % with buffers costs more than it buys: the guard refuses the re-learned
+    # candidate and only the margins are re-learned. Its factor still ignored the outliers.
+    assert result.declined is not None and not result.declined.report.verdict.promote
+    assert learned(result.declined, "tests", "low").factor == pytest.approx(1.5, rel=0.1)
+    assert learned(result, "tests", "low").factor == 1.0
 
 
 def test_learned_buffers_follow_the_residual_spread() -> None:

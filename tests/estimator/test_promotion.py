@@ -13,6 +13,7 @@ from autopack_estimator.frontier import (
     global_buffer_frontier,
     judge,
     mark_chosen,
+    no_worse_at_equal_misses,
     scaled_frontier,
     waste_at,
 )
@@ -95,6 +96,20 @@ def test_a_candidate_dominated_by_the_current_model_is_refused() -> None:
     assert promotion_verdict(report(metrics(30.0, 0.04, 3.0), metrics(30.0, 0.04, 3.1))).promote
 
 
+def test_domination_is_read_along_the_candidates_frontier() -> None:
+    """A buffer sitting just above a held-out phase buys nothing there; trimmed, the candidate wins."""
+    current = frontier([(1.0, 0.05, 3.2), (1.25, 0.05, 4.0)])
+    trimmable = frontier([(0.9, 0.05, 3.05), (1.0, 0.05, 3.9), (1.1, 0.025, 4.3)])
+    cautious = report(
+        metrics(14.3, 0.05, 3.2), metrics(14.3, 0.05, 3.9), baseline_frontier=current, frontier=trimmable
+    )
+    assert promotion_verdict(cautious).promote, promotion_verdict(cautious).reasons
+    worse = frontier([(0.9, 0.075, 3.3), (1.0, 0.05, 3.9), (1.1, 0.025, 4.3)])
+    verdict = promotion_verdict(replace(cautious, frontier=worse))
+    assert not verdict.promote and verdict.reasons[0].startswith("P90 waste")
+    assert "3.90x against 3.20x" in verdict.reasons[0]
+
+
 def test_smape_tolerance_grows_with_the_noise_of_the_comparison() -> None:
     base = report(metrics(30.0, 0.04, 3.0), metrics(34.0, 0.04, 3.0))
     assert promotion_verdict(base).reasons[0].startswith("median SMAPE")
@@ -159,3 +174,12 @@ def test_halving_misses_above_the_operating_point_also_puts_misses_first() -> No
     assert promotion_verdict(halved).promote
     not_halved = replace(halved, after=metrics(20.8, 0.08, 3.6))
     assert promotion_verdict(not_halved).reasons[0].startswith("median SMAPE")
+
+
+def test_no_worse_at_equal_misses_reads_both_frontiers_and_the_served_points() -> None:
+    current = frontier([(0.9, 0.10, 2.9), (1.0, 0.08, 3.25), (1.6, 0.04, 5.2)])
+    assert no_worse_at_equal_misses(frontier([(0.8, 0.06, 3.4), (1.0, 0.04, 4.1)]), current)
+    # As served it misses less, but the current model trimmed to 4 % needs less than its 5.6x.
+    assert not no_worse_at_equal_misses(frontier([(0.8, 0.06, 4.5), (1.0, 0.04, 5.6)]), current)
+    # No fewer misses than the current model as served, for more waste: dominated.
+    assert not no_worse_at_equal_misses(frontier([(0.9, 0.08, 2.8), (1.0, 0.08, 3.5)]), current)

@@ -74,7 +74,7 @@ from autopack_estimator.model import (
     select_buffer,
     selected_budget,
 )
-from autopack_estimator.promotion import PromotionVerdict, promotion_verdict
+from autopack_estimator.promotion import MIN_JUDGED_PHASES, PromotionVerdict, promotion_verdict
 
 #: Budget-miss rate the buffers are calibrated for: the default operating point (see ``frontier``).
 DEFAULT_TARGET_MISS_RATE = DEFAULT_MAX_MISS_RATE
@@ -188,6 +188,9 @@ class CalibrationResult:
 
     candidate: ModelParameters
     report: CalibrationReport
+    # The candidate with re-learned predictions when the guard refused it and only the safety
+    # margins were re-learned instead (``candidate``); None otherwise.
+    declined: CalibrationResult | None = None
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -789,8 +792,13 @@ def _fit(
     min_confidence: float,
     new_version: str,
     target_miss_rate: float,
+    relearn_predictions: bool = True,
 ) -> _Fit:
-    """Learn the candidate parameters from ``events`` (no evaluation)."""
+    """Learn the candidate parameters from ``events`` (no evaluation).
+
+    Without ``relearn_predictions`` every level keeps the factor the current model applies there and
+    the size elasticity is kept: only the buffers (and the phase memory) are learned.
+    """
     rows, notes = _rows(events, base)
     old = {(c.category, c.complexity): c for c in base.corrections}
     current_global = math.log(old[(ANY, ANY)].factor) if (ANY, ANY) in old else 0.0
@@ -802,7 +810,12 @@ def _fit(
         )
     levels = _estimate_levels(units, current_global, min_samples, min_confidence)
     count_exponent = base.count_exponent
-    slope = _count_slope(units, levels, base.count_exponent)
+    if not relearn_predictions:
+        levels = {
+            key: replace(level, location=math.log(_current_factor(base, key)))
+            for key, level in levels.items()
+        }
+    slope = _count_slope(units, levels, base.count_exponent) if relearn_predictions else 0.0
     if slope:
         count_exponent = round(base.count_exponent + slope, 4)
         rows = [replace(r, log_ratio=r.log_ratio - slope * r.log_count) for r in rows]
@@ -1230,6 +1243,45 @@ def calibrate(
         "min_confidence": min_confidence,
         "target_miss_rate": target_miss_rate,
     }
+    result = _calibrate_with(events, base, new_version, seed, settings, relearn_predictions=True)
+    rejected = result.report.verdict
+    if rejected is not None and not rejected.promote and result.report.before.events >= MIN_JUDGED_PHASES:
+        # The held-out evidence does not support the re-learned predictions: the smaller step keeps
+        # the current ones and re-learns only the safety margins, judged by the same guard.
+        margins = _calibrate_with(events, base, new_version, seed, settings, relearn_predictions=False)
+        if margins.report.verdict is not None and margins.report.verdict.promote:
+            note = (
+                f"re-learned predictions were not kept -- {rejected.reasons[0]} -- so this candidate keeps "
+                "the current model's predictions and re-learns only its safety margins"
+            )
+            report = replace(margins.report, notes=(note, *margins.report.notes))
+            result = replace(margins, report=report, declined=result)
+    if time_split_fraction is None:
+        return result
+    time_split = time_split_evaluation(events, base, fraction=time_split_fraction, seed=seed, **settings)
+    if time_split is None:
+        return result
+    note = (
+        f"time split: calibrated on the first {time_split.calibration_events} events and tried on the "
+        f"last {time_split.held_out_events} ({time_split.repeats} of them retries of earlier phases): "
+        f"before {describe_metrics(time_split.before)}; after {describe_metrics(time_split.after)}"
+    )
+    report = replace(result.report, time_split=time_split, notes=(*result.report.notes, note))
+    return replace(result, report=report)
+
+
+def _calibrate_with(
+    events: Sequence[TrainingEvent],
+    base: ModelParameters,
+    new_version: str,
+    seed: int,
+    settings: Mapping[str, Any],
+    *,
+    relearn_predictions: bool,
+) -> CalibrationResult:
+    """One candidate (``_fit`` on all events), its held-out before/after and frontiers, and the verdict."""
+    target_miss_rate = settings["target_miss_rate"]
+    settings = {**settings, "relearn_predictions": relearn_predictions}
     final = _fit(events, base, new_version=new_version, **settings)
     notes = list(final.notes)
     clean_count = sum(1 for e in events if e.clean and e.actual_output_tokens > 0)
@@ -1348,15 +1400,6 @@ def calibrate(
             unlearned.append(f"{key[0]}/{key[1]} ({level.reason})")
     if unlearned:
         notes.append("no correction of their own (a broader one applies): " + "; ".join(unlearned))
-    time_split = None
-    if time_split_fraction is not None:
-        time_split = time_split_evaluation(events, base, fraction=time_split_fraction, seed=seed, **settings)
-        if time_split is not None:
-            notes.append(
-                f"time split: calibrated on the first {time_split.calibration_events} events and tried on the "
-                f"last {time_split.held_out_events} ({time_split.repeats} of them retries of earlier phases): "
-                f"before {describe_metrics(time_split.before)}; after {describe_metrics(time_split.after)}"
-            )
     report = CalibrationReport(
         before=accuracy(before_outcomes),
         after=accuracy(after_outcomes),
@@ -1365,7 +1408,6 @@ def calibrate(
         folds=folds,
         base_version=base.version,
         notes=tuple(notes),
-        time_split=time_split,
         frontier=tuple(frontier),
         baseline_frontier=tuple(baseline_frontier),
         smape_noise=round(_paired_smape_noise(before_outcomes, after_outcomes), 2) if folds else 0.0,

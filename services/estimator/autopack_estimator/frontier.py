@@ -127,6 +127,25 @@ def waste_at(points: Sequence[FrontierPoint], miss_rate: float) -> float | None:
     return point.waste_p90 if point is not None else None
 
 
+def served_point(points: Sequence[FrontierPoint]) -> FrontierPoint:
+    """The point marked chosen (the buffers as served)."""
+    return next(point for point in points if point.chosen)
+
+
+def no_worse_at_equal_misses(candidate: Sequence[FrontierPoint], current: Sequence[FrontierPoint]) -> bool:
+    """Whether ``current``, at equal or fewer misses, needs at least ``candidate``'s P90 waste.
+
+    Read two ways, both required: along the frontiers (each model at its best buffer level with at
+    most the candidate's misses as served: where a buffer happens to sit between two held-out phases
+    favours neither) and as served (the current model as served does not miss no more for less waste).
+    """
+    mine, theirs = served_point(candidate), served_point(current)
+    dominated = theirs.miss_rate <= mine.miss_rate and theirs.waste_p90 < mine.waste_p90 - 1e-9
+    reference = waste_at(current, mine.miss_rate)
+    own = waste_at(candidate, mine.miss_rate)
+    return not dominated and (reference is None or (own is not None and own <= reference + 1e-9))
+
+
 def mark_chosen(points: Sequence[FrontierPoint], level: float) -> list[FrontierPoint]:
     """The same points with the one nearest ``level`` marked chosen."""
     if not points:
