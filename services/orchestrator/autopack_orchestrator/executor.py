@@ -409,7 +409,7 @@ class RunExecutor:
                     self._settle_interrupted(run_id, phase_id, attempt)
             last: _AttemptResult | None = None
             state, reason = State.FAILED, "no attempts left"
-            max_attempts = run.max_attempts or self._settings.max_attempts
+            max_attempts = self._max_attempts(run)
             try:
                 while True:
                     phase = self._store.get_run(run_id).phase(phase_id)
@@ -461,6 +461,10 @@ class RunExecutor:
                 raise
             self._finish_phase(run, phase_id, span, last, state, reason)
         return state, reason
+
+    def _max_attempts(self, run: RunRecord) -> int:
+        """Counted attempts a phase of this run gets: a drain's limit, else the setting."""
+        return run.max_attempts or self._settings.max_attempts
 
     def _finish_phase(
         self,
@@ -899,6 +903,11 @@ class RunExecutor:
                     previous_failure=_previous_failure(previous, attempt.guidance),
                     intention_context=intention,
                     memory_notes=notes,
+                    existing_paths=[f.path for f in files],
+                    # The number the phase's last counted attempt will have: the builder spends no
+                    # empty-files retry there.
+                    max_attempts=attempt.number
+                    + max(self._max_attempts(run) - phase.counted_attempts() - 1, 0),
                 ),
                 self._settings.build_timeout_seconds,
                 default_outcome=Outcome.BUILD_FAILED,
@@ -925,6 +934,7 @@ class RunExecutor:
             f"build: {len(build.operations)} operation(s) from {build.provider}/{build.model}, "
             f"{_count(attempt.input_tokens)} input + {_count(attempt.output_tokens)} output tokens, "
             f"stop {build.stop_reason or 'unknown'}"
+            + (f", {build.continuations} continuation(s)" if build.continuations else "")
         )
         if build.truncated:
             raise StepFailed(
