@@ -415,18 +415,13 @@ class RunExecutor:
                     phase = self._store.get_run(run_id).phase(phase_id)
                     finished = [attempt for attempt in phase.current_attempts() if attempt.finished]
                     if finished and finished[-1].outcome is Outcome.SUCCESS:
-                        state, reason = (
-                            State.COMPLETE,
-                            "",
-                        )  # crashed after success, before the phase was marked
+                        # Crashed after the deciding attempt, before the phase was marked.
+                        state, reason = State.COMPLETE, ""
                         break
                     if phase.counted_attempts() >= max_attempts:
-                        reason = (
-                            last.record.failure_reason
-                            if last
-                            else (finished[-1].failure_reason if finished else reason)
-                        )
-                        reason = f"{phase.counted_attempts()} attempt(s) used: {reason}"
+                        latest = last.record if last else (finished[-1] if finished else None)
+                        why = latest.failure_reason if latest else reason
+                        reason = f"{phase.counted_attempts()} attempt(s) used: {why}"
                         break
                     if finished:
                         self._checkpoint(run_id)
