@@ -161,10 +161,19 @@ def test_bad_syntax_is_refused(stub: applier_pb2_grpc.ApplierServiceStub, worksp
             common_pb2.FileOperation(
                 path="config/settings.json", mode=MODIFY, new_content='{"debug": tru}\n'
             ),
+            # An edit whose result is a placeholder instead of code is refused the same way.
+            common_pb2.FileOperation(
+                path="app/big.txt",
+                mode=EDIT,
+                edits=[
+                    line_edit(common_pb2.LINE_EDIT_ACTION_REPLACE, 2, 300, "# ... rest of file unchanged\n")
+                ],
+            ),
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "operations[0].new_content: refused by validation: app/main.py:1: python-syntax",
         "config/settings.json:1: json-syntax",
+        "operations[2].edits: refused by validation: app/big.txt:2: truncation-marker",
     )
 
 

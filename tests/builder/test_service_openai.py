@@ -48,8 +48,9 @@ def test_openai_build_accounts_cached_and_reasoning_tokens_and_cost(
     assert (row.provider, row.cache_read_input_tokens, row.reasoning_output_tokens) == ("openai", 1500, 300)
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_openai_length_finish_is_a_cut_off_that_continues(
-    start_builder, build_request, fake_openai, make_completion, make_answer
+    start_builder, build_request, fake_openai, make_completion, make_answer, stream: bool
 ) -> None:
     full = make_answer(
         [(DELIVERABLE, "create", HELPER), ("examples/telemetry_utils/more.py", "create", "y\n")]
@@ -59,11 +60,12 @@ def test_openai_length_finish_is_a_cut_off_that_continues(
     fake_openai.reply_completions(
         make_completion(cut, finish_reason="length", completion_tokens=1000), make_completion(rest)
     )
-    stack = start_builder(OpenAIProvider(timeout_seconds=10))
+    stack = start_builder(OpenAIProvider(timeout_seconds=10, stream=stream))
 
     response = stack.stub.Build(build_request(model="gpt-5", max_tokens=1000), timeout=15)
 
     assert response.continuations == 1 and not response.truncated
+    assert [call.stop_reason for call in response.calls] == ["length", "stop"]
     assert [op.path for op in response.operations] == [DELIVERABLE, "examples/telemetry_utils/more.py"]
     assert "Continue from file examples/telemetry_utils/more.py" in fake_openai.requests[1].prompt
 
@@ -119,22 +121,3 @@ def test_openai_empty_and_prose_answers_are_typed_errors(
     info = error_details_pb2.ErrorInfo()
     rpc_status.from_call(caught.value).details[0].Unpack(info)  # type: ignore[union-attr]
     assert info.reason == reason and int(info.metadata["output_tokens"]) == 12 * int(info.metadata["calls"])
-
-
-def test_openai_stream_cut_off_continues(
-    start_builder, build_request, fake_openai, make_completion, make_answer
-) -> None:
-    full = make_answer(
-        [(DELIVERABLE, "create", HELPER), ("examples/telemetry_utils/more.py", "create", "y\n")]
-    )
-    cut = full[: full.index("more.py") + 20]
-    rest = make_answer([("examples/telemetry_utils/more.py", "create", "y\n")])
-    fake_openai.reply_completions(
-        make_completion(cut, finish_reason="length", completion_tokens=900), make_completion(rest)
-    )
-    stack = start_builder(OpenAIProvider(timeout_seconds=10, stream=True))
-
-    response = stack.stub.Build(build_request(model="gpt-5", max_tokens=900), timeout=15)
-
-    assert response.continuations == 1 and [op.path for op in response.operations][-1].endswith("more.py")
-    assert [call.stop_reason for call in response.calls] == ["length", "stop"]

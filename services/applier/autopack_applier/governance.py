@@ -86,15 +86,17 @@ class GovernanceDecision:
 class GovernanceBlocked(FailedPrecondition):
     """An Apply that needs approval; carries what the structured status detail reports."""
 
-    def __init__(self, decision: GovernanceDecision, request_id: str, status: str = "pending") -> None:
+    def __init__(self, decision: GovernanceDecision, request_id: str, status: str = "created") -> None:
+        """``status``: "created" (a new request), "pending" (asked before) or "denied"."""
         paths = ", ".join(violation.path for violation in decision.violations[:10])
         if status == "denied":
             message = f"operations: approval request {request_id} for this change was denied ({paths})"
         else:
+            state = "was created" if status == "created" else "is still pending"
             message = (
                 f"operations: {decision.reason.replace('_', ' ')} ({decision.risk.value} risk): "
                 + "; ".join(f"{v.path} {v.description}" for v in decision.violations[:10])
-                + f"; approval request {request_id} was created, approve it and apply again"
+                + f"; approval request {request_id} {state}: approve it and apply again"
             )
         super().__init__(message)
         self.decision = decision
