@@ -639,6 +639,7 @@ class RunExecutor:
                 self._clients.builder.Replan,
                 builder_pb2.ReplanRequest(**self._doctor_request(run, phase, failures)),
                 self._settings.build_timeout_seconds,
+                on_error=self._account_failed_recovery(run.run_id, phase.phase_id, doctor=False),
             )
         except StepFailed as failure:
             self._store.append_event(
@@ -668,6 +669,23 @@ class RunExecutor:
         )
         return True
 
+    def _account_failed_recovery(
+        self, run_id: str, phase_id: str, doctor: bool
+    ) -> Callable[[grpc.RpcError], None]:
+        """A Diagnose or Replan that failed after LLM calls still spent tokens: they go in the totals."""
+
+        def account(error: grpc.RpcError) -> None:
+            usage = _builder_error_usage(error)
+            if usage is not None:
+                spent = Usage(
+                    _int_or_none(usage.get("input_tokens")),
+                    _int_or_none(usage.get("output_tokens")),
+                    _int_or_none(usage.get("total_tokens")) or 0,
+                )
+                self._store.add_recovery_usage(run_id, phase_id, spent, doctor=doctor)
+
+        return account
+
     def _doctor(
         self, run: RunRecord, run_doctor_calls: int, phase: PhaseRecord, failures: list[AttemptRecord]
     ) -> tuple[State, str] | None:
@@ -694,6 +712,7 @@ class RunExecutor:
                     mitigations_applied=[str(item.get("pattern")) for item in phase.mitigations],
                 ),
                 self._settings.build_timeout_seconds,
+                on_error=self._account_failed_recovery(run_id, phase_id, doctor=True),
             )
         except StepFailed as failure:
             if failure.code == grpc.StatusCode.UNIMPLEMENTED.name:
@@ -1327,7 +1346,7 @@ class RunExecutor:
 
 
 def _builder_error_usage(error: grpc.RpcError) -> dict[str, str] | None:
-    """The usage metadata of a failed Build (google.rpc.ErrorInfo in the status), if any."""
+    """The usage metadata of a failed builder call (google.rpc.ErrorInfo in the status), if any."""
     if not isinstance(error, grpc.Call):
         return None
     try:
