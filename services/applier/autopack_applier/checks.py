@@ -23,12 +23,14 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from autopack_common.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+
+from autopack_applier.withholding import redact
 
 DEFAULT_ALLOWED_COMMANDS: tuple[str, ...] = (
     "python",
@@ -157,8 +159,14 @@ class CheckRunner:
             timeout_seconds=float(timeout_seconds) if timeout_seconds else self.default_timeout,
         )
 
-    def run(self, check: CheckCommand, cwd: Path) -> CheckResult:
-        """Run ``check`` in ``cwd`` in its own process group; kill the group at the timeout."""
+    def run(
+        self, check: CheckCommand, cwd: Path, withhold: Callable[[], Iterable[str]] | None = None
+    ) -> CheckResult:
+        """Run ``check`` in ``cwd`` in its own process group; kill the group at the timeout.
+
+        ``withhold`` gives, once the check has ended (so files it created count), the secret
+        values to remove from the output before its tail is cut.
+        """
         started = time.monotonic()
         try:
             process = subprocess.Popen(
@@ -189,7 +197,10 @@ class CheckRunner:
             process.wait()
         reader.join(timeout=5)
         duration_ms = int((time.monotonic() - started) * 1000)
-        tail = tail_text(buffer.snapshot())
+        output = buffer.snapshot()
+        if withhold is not None:
+            output = redact(output, withhold())
+        tail = tail_text(output)
         if timed_out:
             note = f"[autopack] killed after the {check.timeout_seconds:g} s timeout"
             tail = f"{tail}\n{note}" if tail else note

@@ -15,7 +15,7 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from autopack_common.deliverables import sanitize_deliverables
 
@@ -62,9 +62,16 @@ def derived_scope(deliverables: Sequence[str]) -> tuple[str, ...]:
 
 
 def check_deliverables(
-    entries: Sequence[str], files: Sequence[str], read_bytes: Callable[[str], bytes | None]
+    entries: Sequence[str],
+    files: Sequence[str],
+    read_bytes: Callable[[str], bytes | None],
+    is_secret: Callable[[str], bool] = lambda path: False,
 ) -> DeliverablesReport:
-    """Check sanitised ``entries`` against the workspace's ``files`` (repository-relative)."""
+    """Check sanitised ``entries`` against the workspace's ``files`` (repository-relative).
+
+    A secret deliverable (``is_secret``: an env/secret file, or a link to one) only has to
+    exist: parsing it would report on its content.
+    """
     sanitized = sanitize_deliverables(entries)
     present_files = set(files)
     by_name: dict[str, list[str]] = defaultdict(list)
@@ -93,7 +100,7 @@ def check_deliverables(
             message = f"{deliverable} does not exist" + (f" ({'; '.join(found)})" if found else "")
             problems.append(DeliverableProblem(deliverable, MISSING, message))
             continue
-        if deliverable.lower().endswith(".json"):
+        if deliverable.lower().endswith(".json") and not is_secret(deliverable):
             problem = _json_problem(deliverable, read_bytes(deliverable))
             if problem is not None:
                 problems.append(problem)
@@ -119,17 +126,3 @@ def _json_problem(deliverable: str, data: bytes | None) -> DeliverableProblem | 
             deliverable, EMPTY_JSON, f"{deliverable} holds no content ({json.dumps(value)})"
         )
     return None
-
-
-def check_workspace_deliverables(
-    workspace: Path, entries: Sequence[str], files: Sequence[str]
-) -> DeliverablesReport:
-    """``check_deliverables`` on a workspace directory whose git-visible files are ``files``."""
-
-    def read_bytes(path: str) -> bytes | None:
-        try:
-            return (workspace / path).read_bytes()
-        except OSError:
-            return None
-
-    return check_deliverables(entries, files, read_bytes)

@@ -19,7 +19,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from autopack_applier.testreport import (
     reporting_command,
     rerun_command,
 )
+from autopack_applier.withholding import redact_text, secret_values
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ class CheckGate:
         The caller holds the run's lock, so the workspace does not change meanwhile.
         """
         if not is_pytest_command(command):
-            result = self.runner.run(_within(check, deadline), workspace)
+            result = self.runner.run(_within(check, deadline), workspace, _secrets_of(workspace))
             return GateResult(result, judge(result, None), None, False, None)
         with tempfile.TemporaryDirectory(prefix=f"check-{run_id}-", dir=self.scratch_root) as scratch:
             scratch_dir = Path(scratch)
@@ -226,6 +227,20 @@ class CheckGate:
         judgement = judge(
             result, report, report_problem=problem, baseline=baseline, rerun=rerun, is_baseline=is_baseline
         )
+        if report is not None and (report.outcomes or report.collection_errors):
+            # Test ids carry parameters: a test parametrized with a secret would name it.
+            values = secret_values(workspace)
+            judgement = dataclasses.replace(
+                judgement,
+                reason=redact_text(judgement.reason, values),
+                newly_failing=tuple(redact_text(test, values) for test in judgement.newly_failing),
+                fixed=tuple(redact_text(test, values) for test in judgement.fixed),
+                flaky_suspects=tuple(redact_text(test, values) for test in judgement.flaky_suspects),
+            )
+            report = dataclasses.replace(
+                report,
+                collection_errors=tuple(redact_text(error, values) for error in report.collection_errors),
+            )
         return GateResult(result, judgement, report, is_baseline, baseline)
 
     def _run_with_report(
@@ -240,7 +255,9 @@ class CheckGate:
         report_path = scratch / f"{name}.xml"
         if arguments is None:
             arguments = reporting_command(check.argv, report_path, scratch / "cache")
-        result = self.runner.run(_within(dataclasses.replace(check, argv=tuple(arguments)), deadline), cwd)
+        result = self.runner.run(
+            _within(dataclasses.replace(check, argv=tuple(arguments)), deadline), cwd, _secrets_of(cwd)
+        )
         if result.timed_out:
             return result, None, "it timed out"
         try:
@@ -299,6 +316,11 @@ class CheckGate:
             collection_errors=report.collection_errors,
         )
         return self.store.add_baseline(baseline)
+
+
+def _secrets_of(cwd: Path) -> Callable[[], tuple[str, ...]]:
+    """What a check's output must not show: the values of the env/secret files in ``cwd``."""
+    return lambda: secret_values(cwd)
 
 
 def _within(check: CheckCommand, deadline: float | None) -> CheckCommand:

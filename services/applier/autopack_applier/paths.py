@@ -27,6 +27,7 @@ SECRET_NAMES = frozenset({"id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", ".netrc"
 DATABASE_SUFFIXES = frozenset({".db", ".sqlite", ".sqlite3", ".db3"})
 # ".env.example" and friends are templates meant to be edited, not secrets.
 ENV_TEMPLATE_SUFFIXES = (".example", ".sample", ".template", ".dist", ".defaults")
+SECRET = "secret"  # the category of env/secret files
 
 MAX_PATH_LENGTH = 4096
 _MAX_COMPONENT_BYTES = 255
@@ -143,11 +144,39 @@ def builtin_protection(path: str) -> ProtectedHit | None:
     name = parts[-1]
     suffix = PurePosixPath(name).suffix
     if name == ".env" or (name.startswith(".env.") and not name.endswith(ENV_TEMPLATE_SUFFIXES)):
-        return ProtectedHit("secret", ".env*", Risk.HIGH)
+        return ProtectedHit(SECRET, ".env*", Risk.HIGH)
     if suffix in SECRET_SUFFIXES or name in SECRET_NAMES:
-        return ProtectedHit("secret", f"*{suffix}" if suffix in SECRET_SUFFIXES else name, Risk.HIGH)
+        return ProtectedHit(SECRET, f"*{suffix}" if suffix in SECRET_SUFFIXES else name, Risk.HIGH)
     if suffix in DATABASE_SUFFIXES:
         return ProtectedHit("database", f"*{suffix}", Risk.HIGH)
+    return None
+
+
+def secret_protection(path: str) -> ProtectedHit | None:
+    """The default rule's hit when ``path`` is an env/secret file, else None.
+
+    Such a file's content must never leave the applier (ReadFiles, check output, error
+    messages), whatever ``AUTOPACK_APPLIER_ALLOWED_PATHS`` says: an allowed subtree lets an
+    Apply write there, it does not put credentials into a model's context.
+    """
+    hit = builtin_protection(path)
+    return hit if hit is not None and hit.category == SECRET else None
+
+
+def secret_reason(relative: str, real_relative: str) -> str | None:
+    """Why a file's content must not leave the applier (it, or what it links to, is a secret), or None.
+
+    ``relative`` is the path as found, ``real_relative`` the workspace file it resolves to.
+    """
+    hit = secret_protection(relative)
+    if hit is not None:
+        return f"secret file (rule {hit.rule!r}); its content never leaves the applier"
+    hit = secret_protection(real_relative)
+    if hit is not None:
+        return (
+            f"symlink to the secret file {real_relative!r} (rule {hit.rule!r}); its content never "
+            "leaves the applier"
+        )
     return None
 
 

@@ -199,7 +199,9 @@ class ApplierServicer(applier_pb2_grpc.ApplierServiceServicer):
         self, request: applier_pb2.ReadFilesRequest, context: grpc.ServicerContext
     ) -> applier_pb2.ReadFilesResponse:
         result = self.workspaces.read_files(request.run_id, list(request.paths), request.max_bytes_per_file)
-        trace.get_current_span().set_attribute("autopack.applier.files_read", len(result.files))
+        span = trace.get_current_span()
+        span.set_attribute("autopack.applier.files_read", len(result.files))
+        span.set_attribute("autopack.applier.files_withheld", len(result.withheld))
         return applier_pb2.ReadFilesResponse(
             files=[
                 applier_pb2.WorkspaceFile(
@@ -212,6 +214,9 @@ class ApplierServicer(applier_pb2_grpc.ApplierServiceServicer):
                 for item in result.files
             ],
             missing=list(result.missing),
+            withheld=[
+                applier_pb2.WithheldFile(path=item.path, reason=item.reason) for item in result.withheld
+            ],
         )
 
     def Apply(

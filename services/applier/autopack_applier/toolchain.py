@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from autopack_applier.gitrepo import Git
+from autopack_applier.withholding import readable_path
 
 ROOT_MANIFEST_CONFIDENCE = 0.95
 ROOT_HINT_CONFIDENCE = 0.85
@@ -198,8 +199,13 @@ def detect_workspace_toolchains(workspace: Path, allowed_commands: Collection[st
     """Toolchains of a workspace directory: the files git sees (tracked and untracked, not ignored)."""
 
     def read_text(path: str) -> str | None:
+        # A manifest that is a symlink out of the workspace or to a secret file is not
+        # read: even which scripts it declares would say something about its content.
+        real = readable_path(workspace, path)
+        if real is None:
+            return None
         try:
-            return (workspace / path).read_text(encoding="utf-8")
+            return real.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             return None
 

@@ -56,6 +56,7 @@ from autopack_applier.paths import (
     ProtectionPolicy,
     ScopeRules,
     normalize_path,
+    secret_reason,
 )
 from autopack_applier.store import (
     ACCEPTED,
@@ -69,6 +70,7 @@ from autopack_applier.store import (
     new_request_id,
 )
 from autopack_applier.validation import new_problems
+from autopack_applier.withholding import is_secret, readable_path
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +138,18 @@ class WorkspaceFile:
 
 
 @dataclass(frozen=True)
+class WithheldFile:
+    """A file ReadFiles found but does not return (an env/secret file), and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ReadResult:
     files: tuple[WorkspaceFile, ...]
     missing: tuple[str, ...]
+    withheld: tuple[WithheldFile, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -297,6 +308,16 @@ def plan_operations(
             if reason:
                 violations.add(field, f"{path!r} resolves through a symlink to {relative!r}, which {reason}")
                 continue
+        secret = secret_reason(path, relative)
+        if secret is not None and (operation.mode is Mode.EDIT or operation.base_sha256):
+            # A search block, a line range or a stale hash would tell whether a guess matches.
+            content_field = "edits" if operation.mode is Mode.EDIT else "base_sha256"
+            violations.add(
+                f"operations[{index}].{content_field}",
+                f"{path!r}: {secret}, so edits and base_sha256 (which would tell whether a guess "
+                "matches it) are refused; send the whole file with FILE_MODE_MODIFY",
+            )
+            continue
         if relative in owners:
             violations.add(field, f"{path!r} is also changed by operations[{owners[relative]}]")
             continue
@@ -753,7 +774,11 @@ class WorkspaceManager:
     # -- ReadFiles -----------------------------------------------------------------------
 
     def read_files(self, run_id: str, paths: Sequence[str], max_bytes_per_file: int = 0) -> ReadResult:
-        """Text files under ``paths`` (files or directory prefixes), sorted; binaries are skipped."""
+        """Text files under ``paths`` (files or directory prefixes), sorted; binaries are skipped.
+
+        Env/secret files (the default protection's secret rule, judged on the path and on what
+        a symlink resolves to) are listed in ``withheld`` and never read.
+        """
         run_id = validate_run_id(run_id)
         if max_bytes_per_file < 0:
             raise InvalidArgument("max_bytes_per_file", "must not be negative (0 means the default, 200 KB)")
@@ -796,7 +821,12 @@ class WorkspaceManager:
                     f"paths: more than {self.max_read_files} files match; request narrower paths"
                 )
         files: list[WorkspaceFile] = []
+        withheld: list[WithheldFile] = []
         for relative in sorted(found):
+            reason = secret_reason(relative, found[relative].relative_to(workspace).as_posix())
+            if reason is not None:
+                withheld.append(WithheldFile(relative, reason))
+                continue
             try:
                 item = read_workspace_file(found[relative], relative, limit)
             except OSError as error:
@@ -804,7 +834,9 @@ class WorkspaceManager:
                 continue
             if item is not None:
                 files.append(item)
-        return ReadResult(tuple(files), tuple(missing))
+        if withheld:
+            log.info("run %s: %d secret file(s) withheld from ReadFiles", run_id, len(withheld))
+        return ReadResult(tuple(files), tuple(missing), tuple(withheld))
 
     # -- Apply ---------------------------------------------------------------------------
 
@@ -1051,15 +1083,17 @@ class WorkspaceManager:
         files = Git(workspace).list_files()
 
         def read_bytes(path: str) -> bytes | None:
-            real = Path(os.path.realpath(workspace / path))
-            if not is_inside(real, workspace) or not real.is_file():
+            real = readable_path(workspace, path)
+            if real is None or not real.is_file():
                 return None
             try:
                 return real.read_bytes()
             except OSError:
                 return None
 
-        return check_deliverables(entries, files, read_bytes)
+        return check_deliverables(
+            entries, files, read_bytes, is_secret=lambda path: is_secret(workspace, path)
+        )
 
     # -- Cleanup --------------------------------------------------------------------------
 
