@@ -766,6 +766,7 @@ def test_a_drained_phase_past_its_timeout_is_stopped_and_explains_the_zero_yield
     assert run.state == pb.STATE_FAILED and "phase timeout" in run.failure_reason
     [cut] = phases_of(run)[0].attempts
     assert not cut.counted and cut.failure_kind == pb.FAILURE_KIND_INTERRUPTED
+    assert not cut.HasField("check_exit_code")  # the phase limit cut the RunChecks call short
     assert not (Path(run.workspace_path) / "src" / "mod1.py").exists()  # rolled back
 
 

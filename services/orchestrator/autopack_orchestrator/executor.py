@@ -66,6 +66,7 @@ DEFAULT_CHECK_TIMEOUT_SECONDS = 300
 BUILDER_ERROR_DOMAIN = "builder.autopack"
 # Status codes of infrastructure trouble: retried with backoff, never counted as an attempt.
 RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED})
+PHASE_TIMEOUT = "phase timeout: the drain's phase time limit passed"
 PASSING_VERDICTS = frozenset({applier_pb2.CHECK_VERDICT_PASSED, applier_pb2.CHECK_VERDICT_NO_NEW_FAILURES})
 
 
@@ -198,6 +199,8 @@ class RunExecutor:
         self._active_lock = threading.Condition()
         self._keeper: threading.Thread | None = None
         self._wake = threading.Event()
+        # Per worker thread: the drain's deadline of the phase being executed, which bounds every RPC.
+        self._phase_deadline = threading.local()
         self._health = recovery.HealthLimits(
             infra_errors=settings.max_infra_errors_per_run,
             patch_failures=settings.max_patch_failures_per_run,
@@ -307,7 +310,7 @@ class RunExecutor:
         if cancel:
             raise RunStopped(State.CANCELLED, "cancelled on request")
         if deadline is not None and utcnow() > deadline:
-            raise RunStopped(State.FAILED, "phase timeout: the drain's phase time limit passed")
+            raise RunStopped(State.FAILED, PHASE_TIMEOUT)
 
     # -- a run --------------------------------------------------------------------------------
 
@@ -320,6 +323,14 @@ class RunExecutor:
         run = self._store.get_run(run_id)
         if run.state is not State.EXECUTING:
             return
+        self._phase_deadline.value = run.phase_deadline
+        try:
+            self._execute(run, resumed)
+        finally:
+            self._phase_deadline.value = None
+
+    def _execute(self, run: RunRecord, resumed: bool) -> None:
+        run_id = run.run_id
         pending = [phase for phase in run.phases() if not phase.state.done]
         if run.only_phase:
             pending = [phase for phase in pending if phase.phase_id == run.only_phase][:1]
@@ -452,8 +463,10 @@ class RunExecutor:
                         break
             except RunStopped as stop:
                 state, reason = stop.phase_state, stop.reason
+                self._phase_deadline.value = None  # the phase is decided: its summary must still be stored
                 self._finish_phase(run, phase_id, span, last, state, reason)
                 raise
+            self._phase_deadline.value = None
             self._finish_phase(run, phase_id, span, last, state, reason)
         return state, reason
 
@@ -775,6 +788,7 @@ class RunExecutor:
                 attempt.counted = not failure.transient
             except RunStopped as stop:
                 stopped = stop
+                self._phase_deadline.value = None  # what follows (rollback, outcomes) must still run
                 attempt.outcome = Outcome.ERROR
                 attempt.failure_reason = f"interrupted: {stop.reason} (not counted)"
                 attempt.failure_kind = FailureKind.INTERRUPTED.value
@@ -1261,9 +1275,20 @@ class RunExecutor:
     ) -> Any:
         """Call with a deadline; a failure becomes StepFailed naming the service and the status.
 
+        In a drained phase the deadline is also bounded by the phase's time limit: a call still
+        running when it passes stops the phase as a timeout.
+
         UNAVAILABLE/ABORTED are retried with exponential backoff (tenacity); what still fails
         is a transient StepFailed: infrastructure, not the phase's fault.
         """
+
+        deadline = getattr(self._phase_deadline, "value", None)
+        capped = False
+        if deadline is not None:
+            left = (deadline - utcnow()).total_seconds()
+            if left <= 0:
+                raise RunStopped(State.FAILED, PHASE_TIMEOUT)
+            capped, timeout = left < timeout, min(timeout, left)
 
         def attempt_call() -> Any:
             try:
@@ -1296,6 +1321,8 @@ class RunExecutor:
                     code=code.name,
                 ) from None
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                if capped:
+                    raise RunStopped(State.FAILED, PHASE_TIMEOUT) from None
                 raise StepFailed(
                     Outcome.ERROR,
                     f"{service} {method} gave no answer within {timeout:.0f}s",
