@@ -75,7 +75,9 @@ SCRIPT: dict[tuple[str, str], list[dict[str, Any]]] = {
         {"text": files_answer(("textkit/slug.py", SLUG_BROKEN), ("tests/test_slug.py", SLUG_TEST))},
         {"text": files_answer(("textkit/slug.py", SLUG), ("tests/test_slug.py", SLUG_TEST))},
     ],
+    # The builder continues a cut-off answer once (AUTOPACK_BUILDER_MAX_CONTINUATIONS=1); both are cut.
     ("trunc", "build"): [
+        {"text": files_answer(("textkit/words.py", BIG_MODULE)), "truncate": True},
         {"text": files_answer(("textkit/words.py", BIG_MODULE)), "truncate": True},
         {"text": files_answer(("textkit/words.py", BIG_MODULE))},
     ],
@@ -213,6 +215,7 @@ def stack(
             "ANTHROPIC_API_KEY": API_KEY,
             "ANTHROPIC_BASE_URL": model.base_url,
             "AUTOPACK_MEMORY_EMBEDDINGS": "none",
+            "AUTOPACK_BUILDER_MAX_CONTINUATIONS": "1",
         }
     )
     for service in SERVICES:
@@ -279,7 +282,8 @@ def test_truncation_escalates_the_budget_once(stack: Stack, finished) -> None:
     assert cut.outcome == pb.ATTEMPT_OUTCOME_TRUNCATED and retry.outcome == pb.ATTEMPT_OUTCOME_SUCCESS
     assert retry.actual_max_tokens > cut.actual_max_tokens
     budgets = [seen.max_tokens for seen in stack.model.requests("trunc")]
-    assert budgets == [cut.actual_max_tokens, retry.actual_max_tokens]
+    assert len(budgets) == 3  # attempt 1: the call and its continuation, both cut; attempt 2: one call
+    assert budgets[-1] == retry.actual_max_tokens > budgets[0]
     assert any(message.startswith("estimate: escalated") for message in recovery_events(events, "trunc"))
 
 

@@ -766,6 +766,7 @@ def test_a_drained_phase_past_its_timeout_is_stopped_and_explains_the_zero_yield
     assert run.state == pb.STATE_FAILED and "phase timeout" in run.failure_reason
     [cut] = phases_of(run)[0].attempts
     assert not cut.counted and cut.failure_kind == pb.FAILURE_KIND_INTERRUPTED
+    assert not cut.HasField("check_exit_code")  # the phase limit cut the RunChecks call short
     assert not (Path(run.workspace_path) / "src" / "mod1.py").exists()  # rolled back
 
 
@@ -800,3 +801,32 @@ def test_an_answer_that_used_95_percent_of_its_budget_escalates_the_next_attempt
     assert len(escalated) == 1
     assert f"after {near_full} of {estimate.selected_budget} tokens used" in escalated[0]
     assert not any(e.message.startswith("doctor") for e in events)  # a token problem needs no doctor
+
+
+def test_tokens_of_an_unusable_diagnosis_still_count_in_the_run(
+    stack: Stack, start_orchestrator: Any
+) -> None:
+    unusable = {**message([], 300, 50), "content": [{"type": "text", "text": "It looks fine to me."}]}
+    lines = [
+        {
+            "run_id": "bad-doctor",
+            "phase_id": "p1",
+            "attempt": 1,
+            "response": message([create("src/mod1.py", "x = 1\n")], 800, 100),
+        },
+        {"run_id": "bad-doctor", "phase_id": "p1", "attempt": 1, "role": "doctor", "response": unusable},
+    ]
+    (stack.recordings / "bad-doctor.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    running = start_orchestrator(settings_overrides={"max_attempts": 2})
+    request_plan = plan(stack, "bad-doctor", check=["python", "-c", "raise SystemExit(3)"])
+    del request_plan.tiers[1:]
+    run, events = run_to_end(running, request_plan)
+
+    assert run.state == pb.STATE_FAILED
+    [phase] = phases_of(run)
+    [doctor] = [e.message for e in events if e.type == pb.EVENT_TYPE_RECOVERY]
+    assert doctor.startswith("doctor unavailable: builder Diagnose failed (FAILED_PRECONDITION)")
+    attempts_total = sum(a.usage.total_tokens for a in phase.attempts)
+    spent = run.usage.total_tokens - attempts_total
+    assert spent > 0 and spent % 350 == 0  # every doctor call the builder made (300 in + 50 out each)
+    assert phase.doctor_calls == 1 and run.doctor_calls == 1

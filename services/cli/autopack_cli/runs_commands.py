@@ -61,7 +61,7 @@ def follow_events(run_id: str) -> None:
             kind = pb.EventType.Name(event.type).removeprefix("EVENT_TYPE_").lower()
             style = "yellow" if event.type == pb.EVENT_TYPE_RECOVERY else "dim" if kind == "step" else "bold"
             console.print(
-                f"{event.sequence:>4} {when} [{style}]{kind:<16}[/{style}] {where}{one_line(event.message, 200)}"
+                f"{event.sequence:>4} {when} [{style}]{kind:<16}[/{style}] {where}{one_line(event.message, 500 if kind == 'recovery' else 200)}"
             )
     except KeyboardInterrupt:
         errors.print(f"stopped watching. {detach_hint(run_id)}")

@@ -66,6 +66,7 @@ DEFAULT_CHECK_TIMEOUT_SECONDS = 300
 BUILDER_ERROR_DOMAIN = "builder.autopack"
 # Status codes of infrastructure trouble: retried with backoff, never counted as an attempt.
 RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED})
+PHASE_TIMEOUT = "phase timeout: the drain's phase time limit passed"
 PASSING_VERDICTS = frozenset({applier_pb2.CHECK_VERDICT_PASSED, applier_pb2.CHECK_VERDICT_NO_NEW_FAILURES})
 
 
@@ -198,6 +199,8 @@ class RunExecutor:
         self._active_lock = threading.Condition()
         self._keeper: threading.Thread | None = None
         self._wake = threading.Event()
+        # Per worker thread: the drain's deadline of the phase being executed, which bounds every RPC.
+        self._phase_deadline = threading.local()
         self._health = recovery.HealthLimits(
             infra_errors=settings.max_infra_errors_per_run,
             patch_failures=settings.max_patch_failures_per_run,
@@ -307,7 +310,7 @@ class RunExecutor:
         if cancel:
             raise RunStopped(State.CANCELLED, "cancelled on request")
         if deadline is not None and utcnow() > deadline:
-            raise RunStopped(State.FAILED, "phase timeout: the drain's phase time limit passed")
+            raise RunStopped(State.FAILED, PHASE_TIMEOUT)
 
     # -- a run --------------------------------------------------------------------------------
 
@@ -320,6 +323,14 @@ class RunExecutor:
         run = self._store.get_run(run_id)
         if run.state is not State.EXECUTING:
             return
+        self._phase_deadline.value = run.phase_deadline
+        try:
+            self._execute(run, resumed)
+        finally:
+            self._phase_deadline.value = None
+
+    def _execute(self, run: RunRecord, resumed: bool) -> None:
+        run_id = run.run_id
         pending = [phase for phase in run.phases() if not phase.state.done]
         if run.only_phase:
             pending = [phase for phase in pending if phase.phase_id == run.only_phase][:1]
@@ -409,24 +420,19 @@ class RunExecutor:
                     self._settle_interrupted(run_id, phase_id, attempt)
             last: _AttemptResult | None = None
             state, reason = State.FAILED, "no attempts left"
-            max_attempts = run.max_attempts or self._settings.max_attempts
+            max_attempts = self._max_attempts(run)
             try:
                 while True:
                     phase = self._store.get_run(run_id).phase(phase_id)
                     finished = [attempt for attempt in phase.current_attempts() if attempt.finished]
                     if finished and finished[-1].outcome is Outcome.SUCCESS:
-                        state, reason = (
-                            State.COMPLETE,
-                            "",
-                        )  # crashed after success, before the phase was marked
+                        # Crashed after the deciding attempt, before the phase was marked.
+                        state, reason = State.COMPLETE, ""
                         break
                     if phase.counted_attempts() >= max_attempts:
-                        reason = (
-                            last.record.failure_reason
-                            if last
-                            else (finished[-1].failure_reason if finished else reason)
-                        )
-                        reason = f"{phase.counted_attempts()} attempt(s) used: {reason}"
+                        latest = last.record if last else (finished[-1] if finished else None)
+                        why = latest.failure_reason if latest else reason
+                        reason = f"{phase.counted_attempts()} attempt(s) used: {why}"
                         break
                     if finished:
                         self._checkpoint(run_id)
@@ -457,10 +463,16 @@ class RunExecutor:
                         break
             except RunStopped as stop:
                 state, reason = stop.phase_state, stop.reason
+                self._phase_deadline.value = None  # the phase is decided: its summary must still be stored
                 self._finish_phase(run, phase_id, span, last, state, reason)
                 raise
+            self._phase_deadline.value = None
             self._finish_phase(run, phase_id, span, last, state, reason)
         return state, reason
+
+    def _max_attempts(self, run: RunRecord) -> int:
+        """Counted attempts a phase of this run gets: a drain's limit, else the setting."""
+        return run.max_attempts or self._settings.max_attempts
 
     def _finish_phase(
         self,
@@ -640,6 +652,7 @@ class RunExecutor:
                 self._clients.builder.Replan,
                 builder_pb2.ReplanRequest(**self._doctor_request(run, phase, failures)),
                 self._settings.build_timeout_seconds,
+                on_error=self._account_failed_recovery(run.run_id, phase.phase_id, doctor=False),
             )
         except StepFailed as failure:
             self._store.append_event(
@@ -669,6 +682,23 @@ class RunExecutor:
         )
         return True
 
+    def _account_failed_recovery(
+        self, run_id: str, phase_id: str, doctor: bool
+    ) -> Callable[[grpc.RpcError], None]:
+        """A Diagnose or Replan that failed after LLM calls still spent tokens: they go in the totals."""
+
+        def account(error: grpc.RpcError) -> None:
+            usage = _builder_error_usage(error)
+            if usage is not None:
+                spent = Usage(
+                    _int_or_none(usage.get("input_tokens")),
+                    _int_or_none(usage.get("output_tokens")),
+                    _int_or_none(usage.get("total_tokens")) or 0,
+                )
+                self._store.add_recovery_usage(run_id, phase_id, spent, doctor=doctor)
+
+        return account
+
     def _doctor(
         self, run: RunRecord, run_doctor_calls: int, phase: PhaseRecord, failures: list[AttemptRecord]
     ) -> tuple[State, str] | None:
@@ -695,6 +725,7 @@ class RunExecutor:
                     mitigations_applied=[str(item.get("pattern")) for item in phase.mitigations],
                 ),
                 self._settings.build_timeout_seconds,
+                on_error=self._account_failed_recovery(run_id, phase_id, doctor=True),
             )
         except StepFailed as failure:
             if failure.code == grpc.StatusCode.UNIMPLEMENTED.name:
@@ -757,6 +788,7 @@ class RunExecutor:
                 attempt.counted = not failure.transient
             except RunStopped as stop:
                 stopped = stop
+                self._phase_deadline.value = None  # what follows (rollback, outcomes) must still run
                 attempt.outcome = Outcome.ERROR
                 attempt.failure_reason = f"interrupted: {stop.reason} (not counted)"
                 attempt.failure_kind = FailureKind.INTERRUPTED.value
@@ -899,6 +931,11 @@ class RunExecutor:
                     previous_failure=_previous_failure(previous, attempt.guidance),
                     intention_context=intention,
                     memory_notes=notes,
+                    existing_paths=[f.path for f in files],
+                    # The number the phase's last counted attempt will have: the builder spends no
+                    # empty-files retry there.
+                    max_attempts=attempt.number
+                    + max(self._max_attempts(run) - phase.counted_attempts() - 1, 0),
                 ),
                 self._settings.build_timeout_seconds,
                 default_outcome=Outcome.BUILD_FAILED,
@@ -925,6 +962,7 @@ class RunExecutor:
             f"build: {len(build.operations)} operation(s) from {build.provider}/{build.model}, "
             f"{_count(attempt.input_tokens)} input + {_count(attempt.output_tokens)} output tokens, "
             f"stop {build.stop_reason or 'unknown'}"
+            + (f", {build.continuations} continuation(s)" if build.continuations else "")
         )
         if build.truncated:
             raise StepFailed(
@@ -1237,9 +1275,20 @@ class RunExecutor:
     ) -> Any:
         """Call with a deadline; a failure becomes StepFailed naming the service and the status.
 
+        In a drained phase the deadline is also bounded by the phase's time limit: a call still
+        running when it passes stops the phase as a timeout.
+
         UNAVAILABLE/ABORTED are retried with exponential backoff (tenacity); what still fails
         is a transient StepFailed: infrastructure, not the phase's fault.
         """
+
+        deadline = getattr(self._phase_deadline, "value", None)
+        capped = False
+        if deadline is not None:
+            left = (deadline - utcnow()).total_seconds()
+            if left <= 0:
+                raise RunStopped(State.FAILED, PHASE_TIMEOUT)
+            capped, timeout = left < timeout, min(timeout, left)
 
         def attempt_call() -> Any:
             try:
@@ -1272,6 +1321,8 @@ class RunExecutor:
                     code=code.name,
                 ) from None
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                if capped:
+                    raise RunStopped(State.FAILED, PHASE_TIMEOUT) from None
                 raise StepFailed(
                     Outcome.ERROR,
                     f"{service} {method} gave no answer within {timeout:.0f}s",
@@ -1322,7 +1373,7 @@ class RunExecutor:
 
 
 def _builder_error_usage(error: grpc.RpcError) -> dict[str, str] | None:
-    """The usage metadata of a failed Build (google.rpc.ErrorInfo in the status), if any."""
+    """The usage metadata of a failed builder call (google.rpc.ErrorInfo in the status), if any."""
     if not isinstance(error, grpc.Call):
         return None
     try:

@@ -51,6 +51,7 @@ from autopack_orchestrator.events import EventBus, EventType, Outcome, RunEvent,
 from autopack_orchestrator.plan import PhaseSpec, Plan
 
 DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
 # A run nobody executes: no lease, no pending cancel, no drain limits.
 RELEASED: dict[str, Any] = {
     "lease_owner": None,
@@ -60,7 +61,6 @@ RELEASED: dict[str, Any] = {
     "max_attempts": None,
     "phase_deadline": None,
 }
-MAX_PAGE_SIZE = 500
 
 
 metadata = MetaData()
