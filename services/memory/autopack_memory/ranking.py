@@ -10,7 +10,9 @@ scale (BM25's unbounded scores, cosine's narrow band) drowns another:
   the area they touch ("estimator README", "CLI: ...") far more often than they quote code;
 * ``symbol``: names in the task that the file defines (or its path/file name quoted verbatim);
 * ``hint``: files under the phase's scope and modules imported by pinned files;
-* ``semantic``: embedding cosine, when the caller has vectors.
+* ``semantic``: embedding cosine, when the caller has vectors;
+* ``pair``: tests of the best-ranked modules and modules of the best-ranked tests (a second
+  pass over the fusion of the others), since a change to one usually touches the other.
 
 A file missing from a signal (score 0) gets nothing from it. Ties break by path, so the same
 inputs always give the same order.
