@@ -49,6 +49,7 @@ PAIR_TOP = 5
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PIECE = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
+_DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
 _PATHLIKE = re.compile(r"[\w.-]+(?:/[\w.-]+)+|[\w-]+\.[A-Za-z]{1,5}\b")
 _STOPWORDS = frozenset(
     [
@@ -287,6 +288,10 @@ def _symbol_scores(query: str, files: Sequence[AnalysedFile]) -> list[float]:
     names = {identifier.lower() for identifier in _IDENTIFIER.findall(query) if len(identifier) >= 4}
     names -= _STOPWORDS
     quoted = {match.lower().strip("./") for match in _PATHLIKE.findall(query)}
+    dotted: set[str] = set()  # "pkg.module.function" names pkg.module (and pkg.module.function)
+    for reference in _DOTTED.findall(query):
+        parts = reference.lower().split(".")
+        dotted.update(".".join(parts[:end]) for end in range(2, len(parts) + 1))
     definers: Counter[str] = Counter()
     defined: list[set[str]] = []
     for file in files:
@@ -305,6 +310,8 @@ def _symbol_scores(query: str, files: Sequence[AnalysedFile]) -> list[float]:
             or path in lowered
         ):
             score += 3.0
+        elif dotted and any("." in module and module in dotted for module in _module_names(path)):
+            score += 2.0
         scores.append(score)
     return scores
 
