@@ -274,7 +274,7 @@ class ContextSelector:
 
         def packed(
             scores: Sequence[float], mode: SelectionMode, reason: str | None, hits: int, computed: int
-        ):
+        ) -> Selection:
             result = pack(candidates, scores, token_budget, summaries, max_summaries, outline_share)
             return Selection(
                 kept=result.kept,
