@@ -311,6 +311,26 @@ class ContextSelector:
         fused = rrf({**ranking.signals, "semantic": semantic}, [f.path for f in files], DEFAULT_WEIGHTS)
         return packed(fused, SelectionMode.SEMANTIC, None, plan.cache_hits, plan.to_compute)
 
+    def warm_cards(self, files: Sequence[tuple[str, str]], batch: int = 32) -> int:
+        """Embed the cards of (path, content) files ahead of a selection; returns how many were new.
+
+        Only the cost of later selections changes (their cards hit the cache), never their
+        result: which cards a selection uses depends on its inputs alone.
+        """
+        if self._embedder is None:
+            return 0
+        computed = 0
+        for start in range(0, len(files), batch):
+            cards = [
+                _card(self.analyse(path, content), content) for path, content in files[start : start + batch]
+            ]
+            plan = self._embedder.plan(cards)
+            try:
+                computed += len(self._embedder.compute(plan.missing))
+            except EmbeddingUnavailable:
+                return computed
+        return computed
+
     def _warm(self, missing: dict[str, str]) -> int:
         """Spend this call's allowance on the cache so a later call can rank semantically."""
         assert self._embedder is not None
