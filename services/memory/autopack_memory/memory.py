@@ -116,8 +116,12 @@ class Memory:
         return self._embedder.dimension if self._embedder else None
 
     def close(self) -> None:
-        self._warming.shutdown(wait=True, cancel_futures=True)
+        self.stop_background()
         self._vectors.close()
+
+    def stop_background(self) -> None:
+        """Drop queued warming and wait for the running job (closing without closing the vector store)."""
+        self._warming.shutdown(wait=True, cancel_futures=True)
 
     def _warm_in_background(self, files: list[tuple[str, str]]) -> Future[int] | None:
         """Embed newly indexed files' cards on one background thread, so the first selection over

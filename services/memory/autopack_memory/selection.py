@@ -50,11 +50,11 @@ from autopack_memory.ranking import (
 __all__ = ["lexical_scores", "terms"]
 
 CHARS_PER_TOKEN = 4
-SEMANTIC_TOP_K = 12
+SEMANTIC_TOP_K = 8
 DEFAULT_MAX_SUMMARIES = 8
 # Packing weighs a file's rank against its size^this (see ``pack``).
 DENSITY_EXPONENT = 0.2
-_CARD_OUTLINE_CHARS = 300
+_CARD_OUTLINE_CHARS = 200
 _ANALYSIS_CACHE_SIZE = 4096
 
 
