@@ -94,3 +94,26 @@ def test_other_text_and_broken_python_fall_back_to_blocks() -> None:
 def test_an_empty_file_still_has_one_chunk() -> None:
     assert len(analyse("empty.py", "").chunks) == 1
     assert len(analyse("empty.txt", "").chunks) == 1
+
+
+def test_definitions_of_other_languages_give_symbols_and_the_outline() -> None:
+    text = (
+        "import { api } from './api';\n\n"
+        "export async function fetchInvoices(customer) {\n  return api.get(customer);\n}\n\n"
+        "export default class InvoiceTable extends Table {\n  render() {}\n}\n\n"
+        "pub(crate) fn parse_total(text: &str) -> u32 { 0 }\n"
+    )
+    structure = analyse("web/invoices.ts", text)
+    assert structure.symbols == ["fetchInvoices", "InvoiceTable", "parse_total"]
+    assert structure.outline.splitlines() == [
+        "3: export async function fetchInvoices(customer) {",
+        "7: export default class InvoiceTable extends Table {",
+        "11: pub(crate) fn parse_total(text: &str) -> u32 { 0 }",
+    ]
+
+
+def test_a_long_text_without_blank_lines_is_cut_into_bounded_chunks_covering_it() -> None:
+    text = "".join(f"row {n}, value {n * 7}\n" for n in range(50_000))
+    structure = analyse("data.csv", text, max_chars=1000)
+    assert sum(len(chunk.text) for chunk in structure.chunks) == len(text)
+    assert all(len(chunk.text) <= 1000 for chunk in structure.chunks)

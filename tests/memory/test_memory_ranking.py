@@ -84,3 +84,26 @@ def test_ranking_does_not_depend_on_the_input_order() -> None:
         zip([f.path for f in backward_files], rank_files("parse rows", backward_files).scores, strict=True)
     )
     assert forward == backward
+
+
+def test_the_tests_of_the_best_ranked_modules_are_pulled_in() -> None:
+    sources = {
+        "shop/cart.py": "def add_discount_code(cart, code):\n    cart.codes.append(code)\n",
+        "tests/test_cart.py": "def test_something():\n    assert True\n",
+        "tests/test_other.py": "def test_something():\n    assert True\n",
+    }
+    files = _files(sources)
+    ranking = rank_files("discount codes in the cart", files)
+    pair = ranking.signals["pair"]
+    assert pair[1] == 1.0 and pair[2] == 0.0  # the cart module ranks first and pulls in its test
+    assert ranking.scores[1] > ranking.scores[2]
+
+
+def test_a_dotted_reference_names_the_module_it_lives_in() -> None:
+    sources = {
+        "services/common/autopack_common/clients.py": "def open_channel():\n    pass\n",
+        "services/common/autopack_common/server.py": "def create_server():\n    pass\n",
+        "clients.py": "def other():\n    pass\n",
+    }
+    ranking = rank_files("One wait (autopack_common.clients.wait_until_ready) for all", _files(sources))
+    assert ranking.signals["symbol"] == [2.0, 0.0, 0.0]

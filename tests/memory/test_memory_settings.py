@@ -19,6 +19,7 @@ def test_defaults_are_the_embedded_stack(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert settings.resolved_qdrant_path() == tmp_path / "qdrant"
     assert settings.resolved_database_url("memory") == f"sqlite:///{(tmp_path / 'memory.db').resolve()}"
     assert settings.max_embeddings_per_call == 64
+    assert (settings.drift_threshold, settings.drift_mode) == (0.5, "advisory")
 
 
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -27,7 +28,10 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     monkeypatch.setenv("QDRANT_URL", "http://qdrant:6333")
     monkeypatch.setenv("QDRANT_API_KEY", "not-a-real-key")
     monkeypatch.setenv("AUTOPACK_MEMORY_MAX_EMBEDDINGS_PER_CALL", "-1")
+    monkeypatch.setenv("AUTOPACK_MEMORY_DRIFT_MODE", " Blocking ")
+    monkeypatch.setenv("AUTOPACK_MEMORY_DRIFT_THRESHOLD", "0.3")
     settings = MemorySettings()
+    assert (settings.drift_threshold, settings.drift_mode) == (0.3, "blocking")
     assert settings.embeddings == "none"
     assert settings.resolved_qdrant_path() == tmp_path / "vectors"
     assert settings.qdrant_url == "http://qdrant:6333"
@@ -37,7 +41,12 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("AUTOPACK_MEMORY_EMBEDDINGS", "gpt"), ("AUTOPACK_MEMORY_MAX_EMBEDDINGS_PER_CALL", "-2")],
+    [
+        ("AUTOPACK_MEMORY_EMBEDDINGS", "gpt"),
+        ("AUTOPACK_MEMORY_MAX_EMBEDDINGS_PER_CALL", "-2"),
+        ("AUTOPACK_MEMORY_DRIFT_MODE", "sometimes"),
+        ("AUTOPACK_MEMORY_DRIFT_THRESHOLD", "1.5"),
+    ],
 )
 def test_bad_values_fail_at_start_up(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)

@@ -105,3 +105,28 @@ def test_bad_index_and_reference_requests_name_the_field_and_change_nothing(memo
     assert (unchanged.files, unchanged.unchanged, unchanged.updated) == (3, 3, 0)
     with pytest.raises(NotFound):
         memory.select_context("q", [], 10, workspace="never-indexed")
+
+
+def test_indexing_warms_the_file_cards_so_the_first_selection_only_embeds_its_query(
+    engine: Engine, qdrant_path, hashing_embedder
+) -> None:  # type: ignore[no-untyped-def]
+    from autopack_memory.embedding import CachingEmbedder
+    from autopack_memory.store import EmbeddingCache
+
+    caching = CachingEmbedder(hashing_embedder, EmbeddingCache(engine))
+    vectors = VectorStore.open(path=qdrant_path)
+    memory = Memory(caching, vectors, ContextSelector(caching), workspaces=WorkspaceIndex(engine))
+    try:
+        memory.index_workspace("ws", _full(FILES))
+        assert memory.last_warming is not None
+        assert memory.last_warming.result(timeout=30) == len(FILES)
+
+        selection = memory.select_context("parse CSV rows", [], 1000, workspace="ws")
+        assert (selection.embeddings_computed, selection.embedding_cache_hits) == (1, len(FILES))
+        # The same files sent as candidates rank identically: warming changes cost, not results.
+        sent = ContextSelector(caching).select(
+            "parse CSV rows", [Candidate(p, t) for p, t in FILES.items()], 1000
+        )
+        assert [(f.path, f.score) for f in sent.kept] == [(f.path, f.score) for f in selection.kept]
+    finally:
+        memory.close()

@@ -65,10 +65,17 @@ def build_memory(settings: MemorySettings, engine: Engine, embedder: Embedder | 
 
 
 def build(settings: MemorySettings) -> tuple[Sequence[ServiceBinding], Sequence[Callable[[], None]]]:
-    """Servicer and closers for ``run_service``: schema first, then model, then Qdrant."""
+    """Servicer and closers for ``run_service``: schema first, then model, then Qdrant.
+
+    Expired project records are pruned once at start-up (``Prune`` does it on demand), so a
+    long-lived database does not grow with records nobody can recall any more.
+    """
     engine = create_db_engine(settings.resolved_database_url("memory"))
     upgrade_schema(engine, "autopack_memory.migrations", "alembic_version_memory")
     memory = build_memory(settings, engine, load_embedder(settings))
+    pruned = memory.records.prune()
+    if pruned:
+        log.info("pruned %d expired project record(s)", pruned)
     return [memory_binding(MemoryServicer(memory))], [memory.close, engine.dispose]
 
 

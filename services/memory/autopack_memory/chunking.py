@@ -22,6 +22,13 @@ MARKDOWN_SUFFIXES = frozenset({".md", ".markdown", ".rst", ".txt"})
 _HEADING = re.compile(r"^(#{1,6})\s+(.*\S)\s*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _OUTLINE_MAX_LINES = 400
+# A definition in a C-like or scripting language: optional modifiers, a keyword, the name.
+_DEFINITION = re.compile(
+    r"^\s*(?:(?:export|default|public|private|protected|static|abstract|final|async|pub(?:\([\w:]+\))?|"
+    r"extern|inline|unsafe|const|override|sealed|partial|internal)\s+)*"
+    r"(?:function\*?|class|interface|struct|enum|trait|impl|type|func|fn|def|module|namespace|object|record)"
+    r"\s+([A-Za-z_$][\w$]*)"
+)
 
 
 @dataclass(frozen=True)
@@ -220,30 +227,43 @@ def _markdown(content: str, max_chars: int) -> FileStructure:
 
 
 def _blocks(content: str, max_chars: int) -> FileStructure:
-    """Blank-line separated blocks, merged up to ``max_chars``; the outline is each block's first line."""
+    """Blank-line separated blocks, merged up to ``max_chars``.
+
+    Definitions other languages announce with a keyword (``function``, ``class``, ``func``,
+    ``fn``, ``struct``, ...) give the symbols and the outline; without any, the outline is each
+    block's first line.
+    """
     lines = content.splitlines(keepends=True)
     chunks: list[Chunk] = []
-    outline: list[str] = []
+    firsts: list[str] = []
+    definitions: list[str] = []
+    symbols: list[str] = []
     block_start = 1
     current: list[str] = []
+    size = 0
 
-    def close(end: int) -> None:
+    def close() -> None:
         if any(line.strip() for line in current):
             first = next(line for line in current if line.strip())
-            outline.append(f"{block_start}: {first.strip()[:160]}")
+            firsts.append(f"{block_start}: {first.strip()[:160]}")
         chunks.extend(_split_lines(current, block_start, "block", "", max_chars))
 
     for number, line in enumerate(lines, start=1):
-        if not line.strip() and current and sum(map(len, current)) >= max_chars // 2:
-            close(number - 1)
-            current, block_start = [], number + 1
+        match = _DEFINITION.match(line)
+        if match:
+            symbols.append(match.group(1))
+            definitions.append(f"{number}: {line.strip()[:160]}")
+        if not line.strip() and current and size >= max_chars // 2:
+            close()
+            current, size, block_start = [], 0, number + 1
             continue
         if not current:
             block_start = number
         current.append(line)
+        size += len(line)
     if current:
-        close(len(lines))
-    return FileStructure(chunks=chunks, outline="\n".join(outline))
+        close()
+    return FileStructure(chunks=chunks, symbols=symbols, outline="\n".join(definitions or firsts))
 
 
 def analyse(path: str, content: str, max_chars: int = DEFAULT_MAX_CHARS) -> FileStructure:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from autopack_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -95,6 +96,9 @@ class Memory:
         self._workspaces = workspaces
         self._records = records
         self.drift = drift or DriftDetector(vectors, embedder)
+        self._warming = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warm-cards")
+        # The last warming job, so a caller (and the tests) can wait for it.
+        self.last_warming: Future[int] | None = None
 
     @property
     def records(self) -> ProjectMemory:
@@ -112,7 +116,27 @@ class Memory:
         return self._embedder.dimension if self._embedder else None
 
     def close(self) -> None:
+        self.stop_background()
         self._vectors.close()
+
+    def stop_background(self) -> None:
+        """Drop queued warming and wait for the running job (closing without closing the vector store)."""
+        self._warming.shutdown(wait=True, cancel_futures=True)
+
+    def _warm_in_background(self, files: list[tuple[str, str]]) -> Future[int] | None:
+        """Embed newly indexed files' cards on one background thread, so the first selection over
+        the workspace finds them cached; best effort (a failure only costs that later call)."""
+        if self._embedder is None or not files:
+            return None
+
+        def warm() -> int:
+            try:
+                return self._selector.warm_cards(files)
+            except Exception:
+                log.exception("warming the cards of %d indexed file(s) failed", len(files))
+                return 0
+
+        return self._warming.submit(warm)
 
     def upsert(self, collection: str, items: Sequence[StoredItem]) -> UpsertResult:
         """Insert or replace items by id; the collection is created on first use."""
@@ -282,4 +306,10 @@ class Memory:
                 raise InvalidArgument(
                     f"files[{index}].content_sha256", "required (64 hex digits) without content"
                 )
-        return self._workspaces.update(workspace, entries, replace)
+        change = self._workspaces.update(workspace, entries, replace)
+        waiting = set(change.needs_content)
+        fresh = [(path, content) for path, _sha, content in entries if content and path not in waiting]
+        warming = self._warm_in_background(fresh)
+        if warming is not None:
+            self.last_warming = warming
+        return change

@@ -10,7 +10,9 @@ scale (BM25's unbounded scores, cosine's narrow band) drowns another:
   the area they touch ("estimator README", "CLI: ...") far more often than they quote code;
 * ``symbol``: names in the task that the file defines (or its path/file name quoted verbatim);
 * ``hint``: files under the phase's scope and modules imported by pinned files;
-* ``semantic``: embedding cosine, when the caller has vectors.
+* ``semantic``: embedding cosine, when the caller has vectors;
+* ``pair``: tests of the best-ranked modules and modules of the best-ranked tests (a second
+  pass over the fusion of the others), since a change to one usually touches the other.
 
 A file missing from a signal (score 0) gets nothing from it. Ties break by path, so the same
 inputs always give the same order.
@@ -40,10 +42,14 @@ DEFAULT_WEIGHTS: Mapping[str, float] = {
     "symbol": 1.0,
     "hint": 0.5,
     "semantic": 0.5,
+    "pair": 0.5,
 }
+# How many of the best-ranked files pull in their test (or tested module).
+PAIR_TOP = 5
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PIECE = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
+_DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
 _PATHLIKE = re.compile(r"[\w.-]+(?:/[\w.-]+)+|[\w-]+\.[A-Za-z]{1,5}\b")
 _STOPWORDS = frozenset(
     [
@@ -160,12 +166,12 @@ def terms(text: str) -> list[str]:
     """
     out: list[str] = []
     for identifier in _IDENTIFIER.findall(text):
-        out.extend(_identifier_terms(identifier))
+        out.extend(identifier_terms(identifier))
     return out
 
 
 @functools.lru_cache(maxsize=65_536)
-def _identifier_terms(identifier: str) -> tuple[str, ...]:
+def identifier_terms(identifier: str) -> tuple[str, ...]:
     """Terms of one identifier (memoised: code repeats its names)."""
     pieces = [piece.lower() for piece in _PIECE.findall(identifier)]
     kept = [_stem(piece) for piece in pieces if len(piece) > 1 and piece not in _STOPWORDS]
@@ -282,6 +288,10 @@ def _symbol_scores(query: str, files: Sequence[AnalysedFile]) -> list[float]:
     names = {identifier.lower() for identifier in _IDENTIFIER.findall(query) if len(identifier) >= 4}
     names -= _STOPWORDS
     quoted = {match.lower().strip("./") for match in _PATHLIKE.findall(query)}
+    dotted: set[str] = set()  # "pkg.module.function" names pkg.module (and pkg.module.function)
+    for reference in _DOTTED.findall(query):
+        parts = reference.lower().split(".")
+        dotted.update(".".join(parts[:end]) for end in range(2, len(parts) + 1))
     definers: Counter[str] = Counter()
     defined: list[set[str]] = []
     for file in files:
@@ -300,6 +310,8 @@ def _symbol_scores(query: str, files: Sequence[AnalysedFile]) -> list[float]:
             or path in lowered
         ):
             score += 3.0
+        elif dotted and any("." in module and module in dotted for module in _module_names(path)):
+            score += 2.0
         scores.append(score)
     return scores
 
@@ -382,4 +394,39 @@ def rank_files(
     signals["chunk"] = best.tolist()
     if semantic is not None:
         signals["semantic"] = list(semantic)
-    return Ranking(scores=rrf(signals, [file.path for file in files], weights), signals=signals)
+    paths = [file.path for file in files]
+    fused = rrf(signals, paths, weights)
+    signals["pair"] = _pair_scores(paths, fused)
+    return Ranking(scores=rrf(signals, paths, weights), signals=signals)
+
+
+def _test_stem(path: str) -> str:
+    """The module a test file is about (``test_x.py``/``x_test.py`` -> ``x``), else ''."""
+    stem = PurePosixPath(path).stem
+    if stem.startswith("test_"):
+        return stem[5:]
+    if stem.endswith("_test"):
+        return stem[:-5]
+    return ""
+
+
+def _pair_scores(paths: Sequence[str], fused: Sequence[float]) -> list[float]:
+    """Tests of the best-ranked modules, and modules of the best-ranked tests: they change together."""
+    top = sorted(range(len(paths)), key=lambda i: (-fused[i], paths[i]))[:PAIR_TOP]
+    scores = [0.0] * len(paths)
+    by_stem: dict[str, list[int]] = {}
+    by_test: dict[str, list[int]] = {}
+    for index, path in enumerate(paths):
+        tested = _test_stem(path)
+        if tested:
+            by_test.setdefault(tested, []).append(index)
+        else:
+            by_stem.setdefault(PurePosixPath(path).stem, []).append(index)
+    for place, index in enumerate(top, start=1):
+        if fused[index] <= 0:
+            break
+        tested = _test_stem(paths[index])
+        partners = by_stem.get(tested, []) if tested else by_test.get(PurePosixPath(paths[index]).stem, [])
+        for partner in partners:
+            scores[partner] += 1.0 / place
+    return scores

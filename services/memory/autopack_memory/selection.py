@@ -50,11 +50,11 @@ from autopack_memory.ranking import (
 __all__ = ["lexical_scores", "terms"]
 
 CHARS_PER_TOKEN = 4
-SEMANTIC_TOP_K = 12
+SEMANTIC_TOP_K = 8
 DEFAULT_MAX_SUMMARIES = 8
 # Packing weighs a file's rank against its size^this (see ``pack``).
 DENSITY_EXPONENT = 0.2
-_CARD_OUTLINE_CHARS = 300
+_CARD_OUTLINE_CHARS = 200
 _ANALYSIS_CACHE_SIZE = 4096
 
 
@@ -274,7 +274,7 @@ class ContextSelector:
 
         def packed(
             scores: Sequence[float], mode: SelectionMode, reason: str | None, hits: int, computed: int
-        ):
+        ) -> Selection:
             result = pack(candidates, scores, token_budget, summaries, max_summaries, outline_share)
             return Selection(
                 kept=result.kept,
@@ -310,6 +310,26 @@ class ContextSelector:
             semantic[index] = 1.0 + similarity  # positive, so every top file is ranked by the signal
         fused = rrf({**ranking.signals, "semantic": semantic}, [f.path for f in files], DEFAULT_WEIGHTS)
         return packed(fused, SelectionMode.SEMANTIC, None, plan.cache_hits, plan.to_compute)
+
+    def warm_cards(self, files: Sequence[tuple[str, str]], batch: int = 32) -> int:
+        """Embed the cards of (path, content) files ahead of a selection; returns how many were new.
+
+        Only the cost of later selections changes (their cards hit the cache), never their
+        result: which cards a selection uses depends on its inputs alone.
+        """
+        if self._embedder is None:
+            return 0
+        computed = 0
+        for start in range(0, len(files), batch):
+            cards = [
+                _card(self.analyse(path, content), content) for path, content in files[start : start + batch]
+            ]
+            plan = self._embedder.plan(cards)
+            try:
+                computed += len(self._embedder.compute(plan.missing))
+            except EmbeddingUnavailable:
+                return computed
+        return computed
 
     def _warm(self, missing: dict[str, str]) -> int:
         """Spend this call's allowance on the cache so a later call can rank semantically."""

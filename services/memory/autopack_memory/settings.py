@@ -19,7 +19,7 @@ class MemorySettings(ServiceSettings):
     ``AUTOPACK_MEMORY_MAX_EMBEDDINGS_PER_CALL`` bounds the *new* embeddings (cache misses) one
     SelectContext call may compute before it ranks lexically instead: ``-1`` = unlimited,
     ``0`` = never embed (always lexical), ``N > 0`` = at most N. Cached vectors are free. The
-    default 64 covers the query and the 32 file cards one selection embeds. ``QDRANT_URL`` wins
+    default 64 covers the query and the 8 file cards one selection embeds. ``QDRANT_URL`` wins
     over the local path when both are set. ``AUTOPACK_MEMORY_CHUNK_CHARS`` bounds a structural
     piece (function, section) used for ranking. Drift: a change summary whose cosine with the
     run's intention is below ``AUTOPACK_MEMORY_DRIFT_THRESHOLD`` (0.5) has drifted;

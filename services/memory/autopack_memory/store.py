@@ -200,36 +200,38 @@ class WorkspaceIndex:
                         )
                     ).scalars()
                 )
-            contents = [
-                {"content_sha256": sha, "content": text} for _p, sha, text in files if text is not None
-            ]
+            contents = {sha: text for _path, sha, text in files if text is not None}
             if contents:
-                connection.execute(_insert_ignoring_duplicates(self._engine, file_contents), contents)
+                connection.execute(
+                    _insert_ignoring_duplicates(self._engine, file_contents),
+                    [{"content_sha256": sha, "content": text} for sha, text in contents.items()],
+                )
             needs = [
                 path
                 for path, sha, text in files
                 if text is None and sha not in known and current.get(path) != sha
             ]
-            updated = unchanged = 0
-            listed: set[str] = set()
-            for path, sha, _text in files:
-                listed.add(path)
-                if path in needs:
-                    continue
-                if current.get(path) == sha:
-                    unchanged += 1
-                    continue
-                updated += 1
+            skipped = set(needs)
+            listed = {path for path, _sha, _text in files}
+            changed = [
+                (path, sha) for path, sha, _text in files if path not in skipped and current.get(path) != sha
+            ]
+            unchanged = len(listed) - len(skipped) - len(changed)
+            inserts = [
+                {"workspace": workspace, "path": p, "content_sha256": h}
+                for p, h in changed
+                if p not in current
+            ]
+            if inserts:
+                connection.execute(workspace_files.insert(), inserts)
+            for path, sha in changed:
                 if path in current:
                     connection.execute(
                         workspace_files.update()
                         .where(workspace_files.c.workspace == workspace, workspace_files.c.path == path)
                         .values(content_sha256=sha)
                     )
-                else:
-                    connection.execute(
-                        workspace_files.insert().values(workspace=workspace, path=path, content_sha256=sha)
-                    )
+            updated = len(changed)
             removed = 0
             if replace:
                 stale = [path for path in current if path not in listed]
