@@ -52,6 +52,7 @@ from autopack_orchestrator.clients import ServiceClients
 from autopack_orchestrator.convert import phase_to_proto
 from autopack_orchestrator.events import EventType, FailureKind, Outcome, State
 from autopack_orchestrator.failures import FailureContext, detect, fingerprint
+from autopack_orchestrator.outcomes import estimator_samples
 from autopack_orchestrator.plan import PhaseSpec
 from autopack_orchestrator.settings import OrchestratorSettings
 from autopack_orchestrator.store import AttemptRecord, PhaseRecord, RunRecord, RunStore, Usage
@@ -1168,30 +1169,21 @@ class RunExecutor:
     def _record_outcomes(
         self, run_id: str, phase_id: str, attempt: AttemptRecord, build: builder_pb2.BuildResponse
     ) -> None:
-        """Step 9: one RecordOutcome per provider call, so the estimator can calibrate."""
+        """Step 9: one RecordOutcome per answer the model gave (see ``outcomes.estimator_samples``:
+        failed requests and other roles are left out, a continuation chain is one summed sample)."""
         if not attempt.estimate_id:
             return
-        calls = list(build.calls) or [
-            builder_pb2.LlmCall(
-                provider=build.provider,
-                model=build.model,
-                max_tokens=build.actual_max_tokens,
-                usage=build.usage,
-                stop_reason=build.stop_reason,
-            )
-        ]
         recorded, rejected = 0, []
-        for index, call in enumerate(calls):
-            final = index == len(calls) - 1
+        for sample in estimator_samples(build):
             request = estimator_pb2.RecordOutcomeRequest(
                 estimate_id=attempt.estimate_id,
-                actual_output_tokens=call.usage.output_tokens if call.usage.HasField("output_tokens") else 0,
-                actual_max_tokens=call.max_tokens,
-                success=attempt.outcome is Outcome.SUCCESS,
-                truncated=build.truncated if final else is_truncating_stop_reason(call.stop_reason),
-                stop_reason=call.stop_reason,
-                model=call.model,
-                input_tokens=call.usage.input_tokens if call.usage.HasField("input_tokens") else 0,
+                actual_output_tokens=sample.output_tokens,
+                actual_max_tokens=sample.max_tokens,
+                success=sample.final and attempt.outcome is Outcome.SUCCESS,
+                truncated=sample.truncated,
+                stop_reason=sample.stop_reason,
+                model=sample.model,
+                input_tokens=sample.input_tokens,
             )
             try:
                 response = self._call(
