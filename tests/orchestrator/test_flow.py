@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from autopack.applier.v1 import applier_pb2
 from autopack.builder.v1 import builder_pb2_grpc
 from autopack.common.v1 import common_pb2
 from autopack.estimator.v1 import estimator_pb2, estimator_pb2_grpc
@@ -39,7 +40,7 @@ from autopack_memory.settings import MemorySettings
 from autopack_orchestrator.clients import ServiceClients
 from autopack_orchestrator.convert import phase_from_proto
 from autopack_orchestrator.events import State
-from autopack_orchestrator.executor import smape
+from autopack_orchestrator.executor import smape, withheld_notes
 from autopack_orchestrator.plan import PhaseSpec, Plan, TierSpec
 from autopack_orchestrator.service import Orchestrator, create_orchestrator
 from autopack_orchestrator.settings import OrchestratorSettings
@@ -479,6 +480,93 @@ def test_attempt_outside_scope_is_retried_once_and_completes(stack: Stack, start
         pb.ATTEMPT_OUTCOME_APPLY_REJECTED,
         pb.ATTEMPT_OUTCOME_SUCCESS,
     ]
+
+
+def one_phase(stack: Stack, run_id: str, **phase: Any) -> pb.Plan:
+    return pb.Plan(
+        run_id=run_id,
+        name=run_id,
+        source_repo=str(stack.source_repo),
+        tiers=[pb.TierSpec(tier_id="t1", phases=[common_pb2.PhaseSpec(phase_id="p1", **phase)])],
+    )
+
+
+def record(stack: Stack, name: str, run_id: str, answers: list[list[dict[str, str]]]) -> None:
+    lines = [
+        {"run_id": run_id, "phase_id": "p1", "attempt": number, "response": message(files, 500, 80)}
+        for number, files in enumerate(answers, start=1)
+    ]
+    (stack.recordings / f"{name}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_deliverables_use_the_applier_check_its_hints_and_its_derived_scope(
+    stack: Stack, start_orchestrator: Any
+) -> None:
+    (stack.source_repo / "pkg").mkdir(exist_ok=True)
+    (stack.source_repo / "pkg" / ".env").write_text("API_TOKEN=do-not-leak-this-value\n")
+    # Attempt 1 writes the module one directory too deep; attempt 2 writes it where it belongs plus a
+    # helper beside it, which only the derived scope (the deliverable's parent directory) allows.
+    record(
+        stack,
+        "deliverables",
+        "deliv",
+        [
+            [create("pkg/sub/mod1.py", "X = 1\n")],
+            [create("pkg/mod1.py", "X = 1\n"), create("pkg/helper.py", "Y = 2\n")],
+        ],
+    )
+    running = start_orchestrator()
+    request_plan = one_phase(
+        stack,
+        "deliv",
+        description="Add pkg/mod1.py.",
+        deliverables=["pkg/mod1.py (new)"],
+        scope=common_pb2.Scope(read_only_context=["pkg/"]),
+    )
+    run, events = run_to_end(running, request_plan)
+
+    assert run.state == pb.STATE_COMPLETE, run.failure_reason
+    [phase] = phases_of(run)
+    missed, done = phase.attempts
+    assert missed.outcome == pb.ATTEMPT_OUTCOME_DELIVERABLES_MISSING
+    assert missed.failure_reason.startswith("missing deliverables: pkg/mod1.py")
+    # The applier's misplaced-file hint is in the reason the next prompt shows.
+    assert "`pkg/sub/mod1.py` exists, `pkg/mod1.py` expected" in missed.failure_reason
+    assert done.outcome == pb.ATTEMPT_OUTCOME_SUCCESS
+    workspace = Path(run.workspace_path)
+    assert (workspace / "pkg" / "helper.py").read_text() == "Y = 2\n"
+    assert not (workspace / "pkg" / "sub").exists()  # attempt 1 was rolled back
+    messages = [event.message for event in events]
+    assert "deliverables: all 1 present" in messages
+    reads = [m for m in messages if m.startswith("read:")]
+    assert reads and all("1 withheld as secret (pkg/.env)" in m for m in reads)
+    assert not any("do-not-leak" in m for m in messages)
+
+
+def test_a_deliverable_is_present_only_when_the_applier_says_so(
+    stack: Stack, start_orchestrator: Any
+) -> None:
+    # The deliverable is a secret file the builder never writes: ReadFiles would not call it missing
+    # (it would be withheld if it existed); the applier's check says it does not exist.
+    record(stack, "secret-deliverable", "secret-deliv", [[create("pkg2/mod.py", "Z = 1\n")]])
+    running = start_orchestrator(settings_overrides={"max_attempts": 1})
+    request_plan = one_phase(
+        stack,
+        "secret-deliv",
+        description="Write the module and its settings.",
+        deliverables=["pkg2/mod.py", "pkg2/.env"],
+    )
+    run, _ = run_to_end(running, request_plan)
+    assert run.state == pb.STATE_FAILED
+    [attempt] = phases_of(run)[0].attempts
+    assert attempt.outcome == pb.ATTEMPT_OUTCOME_DELIVERABLES_MISSING
+    assert attempt.failure_reason.startswith("missing deliverables: pkg2/.env")
+
+
+def test_withheld_notes_name_files_never_content() -> None:
+    assert withheld_notes([]) == []
+    [note] = withheld_notes([applier_pb2.WithheldFile(path="conf/.env", reason="secret file (rule '.env*')")])
+    assert "conf/.env (secret file (rule '.env*'))" in note and "withheld" in note
 
 
 def test_failed_checks_roll_back_retry_and_fail_the_run(stack: Stack, start_orchestrator: Any) -> None:

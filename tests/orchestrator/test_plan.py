@@ -141,6 +141,14 @@ def test_write_scope_adds_deliverables_outside_scope() -> None:
     assert phase.write_scope() == ("src/", "README.md")
 
 
+def test_write_scope_sanitises_deliverables_and_is_empty_without_a_scope() -> None:
+    annotated = ("src/a.py", "docs/guide.md (new)")
+    phase = PhaseSpec(phase_id="p", description="d", deliverables=annotated, scope_paths=("src/",))
+    assert phase.write_scope() == ("src/", "docs/guide.md")
+    # No scope: the applier derives it from ApplyRequest.deliverables (their parent directories).
+    assert PhaseSpec(phase_id="p", description="d", deliverables=annotated).write_scope() == ()
+
+
 def test_phase_spec_json_round_trip() -> None:
     phase = make_plan().tiers[0].phases[1]
     assert PhaseSpec.from_json(phase.to_json()) == phase

@@ -38,6 +38,7 @@ from autopack.common.v1 import common_pb2
 from autopack.estimator.v1 import estimator_pb2
 from autopack.memory.v1 import memory_pb2
 from autopack_common.database import utcnow
+from autopack_common.deliverables import sanitize_deliverables
 from autopack_common.telemetry import current_trace_id, phase_baggage
 from autopack_common.truncation import is_truncating_stop_reason
 from google.rpc import error_details_pb2
@@ -855,19 +856,8 @@ class RunExecutor:
         notes = [hit.item.text for hit in self._search(PHASE_SUMMARIES, spec.description, run_id, limit=5)]
         step(f"memory: intention context {len(intention.encode())} bytes, {len(notes)} note(s)")
 
-        # 3. Applier: the scoped files as they are now.
-        paths = _unique([*spec.scope_paths, *spec.read_only_context, *spec.deliverables])
-        files: list[applier_pb2.WorkspaceFile] = []
-        if paths:
-            read = self._call(
-                "applier",
-                "ReadFiles",
-                self._clients.applier.ReadFiles,
-                applier_pb2.ReadFilesRequest(run_id=run_id, paths=paths),
-                timeout,
-            )
-            files = list(read.files)
-            step(f"read: {len(files)} file(s), {len(read.missing)} missing")
+        # 3. Applier: the scoped files as they are now (secret files only by name).
+        files, withheld = self._read_scope(run_id, spec, step)
 
         # 4. Memory: keep the most relevant files that fit the context budget.
         context_files: list[common_pb2.ContextFile] = []
@@ -931,8 +921,8 @@ class RunExecutor:
                     attempt=attempt.number,
                     previous_failure=_previous_failure(previous, attempt.guidance),
                     intention_context=intention,
-                    memory_notes=notes,
-                    existing_paths=[f.path for f in files],
+                    memory_notes=[*notes, *withheld_notes(withheld)],
+                    existing_paths=[*(f.path for f in files), *(w.path for w in withheld)],
                     # The number the phase's last counted attempt will have: the builder spends no
                     # empty-files retry there.
                     max_attempts=attempt.number
@@ -987,6 +977,8 @@ class RunExecutor:
                 ),
                 operations=list(build.operations),
                 attempt=attempt.number,
+                # Sanitised by the applier; with no scope their parent directories are the write scope.
+                deliverables=list(spec.deliverables),
             ),
             timeout,
             outcomes={
@@ -1011,21 +1003,64 @@ class RunExecutor:
 
         self._checkpoint(run_id)
         if spec.deliverables:
-            present = self._call(
-                "applier",
-                "ReadFiles",
-                self._clients.applier.ReadFiles,
-                # One byte per file is enough to know it exists.
-                applier_pb2.ReadFilesRequest(
-                    run_id=run_id, paths=list(spec.deliverables), max_bytes_per_file=1
-                ),
-                timeout,
-            )
-            if present.missing:
-                raise StepFailed(
-                    Outcome.DELIVERABLES_MISSING, "missing deliverables: " + ", ".join(present.missing)
+            self._check_deliverables(run_id, spec, step)
+
+    def _read_scope(
+        self, run_id: str, spec: PhaseSpec, step: Callable[[str], None]
+    ) -> tuple[list[applier_pb2.WorkspaceFile], list[applier_pb2.WithheldFile]]:
+        """Step 3: the scope, read-only context and deliverables as the applier shows them.
+
+        Env/secret files come back in ``withheld`` (path and rule, never content): the builder
+        is told they exist so it neither recreates them nor guesses their content.
+        """
+        deliverables = sanitize_deliverables(spec.deliverables).paths
+        paths = _unique([*spec.scope_paths, *spec.read_only_context, *deliverables])
+        if not paths:
+            return [], []
+        read = self._call(
+            "applier",
+            "ReadFiles",
+            self._clients.applier.ReadFiles,
+            applier_pb2.ReadFilesRequest(run_id=run_id, paths=paths),
+            self._settings.rpc_timeout_seconds,
+        )
+        message = f"read: {len(read.files)} file(s), {len(read.missing)} missing"
+        if read.withheld:
+            shown = ", ".join(item.path for item in read.withheld[:10])
+            message += f", {len(read.withheld)} withheld as secret ({shown})"
+        step(message)
+        return list(read.files), list(read.withheld)
+
+    def _check_deliverables(self, run_id: str, spec: PhaseSpec, step: Callable[[str], None]) -> None:
+        """The deliverables gate: the applier's ``CheckDeliverables`` (sanitised, cumulative).
+
+        Only what the applier lists as ``present`` counts: a deliverable is never assumed present
+        because it was not reported missing (a withheld secret or a skipped binary file is not
+        "missing" in ReadFiles either). Its problems and misplaced-file hints become the failure
+        reason, which the next attempt's prompt shows.
+        """
+        report = self._call(
+            "applier",
+            "CheckDeliverables",
+            self._clients.applier.CheckDeliverables,
+            applier_pb2.CheckDeliverablesRequest(run_id=run_id, deliverables=list(spec.deliverables)),
+            self._settings.rpc_timeout_seconds,
+        )
+        present = set(report.present)
+        unmet = [deliverable for deliverable in report.deliverables if deliverable not in present]
+        if unmet:
+            problems = {problem.deliverable: problem.message for problem in report.problems}
+            lines = [problems.get(item, f"{item} was not confirmed present by the applier") for item in unmet]
+            reason = "missing deliverables: " + ", ".join(unmet) + "".join(f"\n- {line}" for line in lines)
+            if report.hints:
+                reason += "\nMisplaced files (write each deliverable at its expected path): " + "; ".join(
+                    report.hints
                 )
-            step(f"deliverables: all {len(spec.deliverables)} present")
+            raise StepFailed(Outcome.DELIVERABLES_MISSING, reason)
+        message = f"deliverables: all {len(report.deliverables)} present"
+        if report.dropped:
+            message += f"; dropped while sanitising: {_short('; '.join(report.dropped), 300)}"
+        step(message)
 
     def _run_checks(
         self,
@@ -1380,6 +1415,17 @@ def _builder_error_usage(error: grpc.RpcError) -> dict[str, str] | None:
         if is_info and info.domain == BUILDER_ERROR_DOMAIN:
             return dict(info.metadata)
     return None
+
+
+def withheld_notes(withheld: Iterable[applier_pb2.WithheldFile]) -> list[str]:
+    """A note for the builder naming files that exist but are withheld (never their content)."""
+    items = [f"{item.path} ({item.reason})" if item.reason else item.path for item in withheld]
+    if not items:
+        return []
+    return [
+        "These files exist in the workspace but are withheld as secrets; their content is not shown "
+        "and must not be guessed, printed or recreated: " + ", ".join(items[:50])
+    ]
 
 
 def _previous_failure(previous: AttemptRecord | None, guidance: str) -> str:

@@ -11,6 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from autopack_common.deliverables import sanitize_deliverables
 from autopack_common.errors import InvalidArgument
 
 IDENTIFIER = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -52,13 +53,17 @@ class PhaseSpec:
         )
 
     def write_scope(self) -> tuple[str, ...]:
-        """Paths the phase may write: its scope plus its deliverables.
+        """Paths the phase may write: its scope plus its (sanitised) deliverables.
 
-        A deliverable is by definition something the phase must write, so it is
-        always in scope (the monolith derived scope from deliverables the same way).
+        A deliverable is by definition something the phase must write, so it is always in
+        scope. A phase without a scope sends none: the applier then derives the write scope
+        from the deliverables' parent directories (``ApplyRequest.deliverables``), which lets
+        a helper file beside a deliverable through.
         """
+        if not self.scope_paths:
+            return ()
         paths = list(self.scope_paths)
-        for deliverable in self.deliverables:
+        for deliverable in sanitize_deliverables(self.deliverables).paths:
             if not any(_covers(path, deliverable) for path in paths):
                 paths.append(deliverable)
         return tuple(paths)
