@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 import pytest
+from autopack.builder.v1 import builder_pb2, builder_pb2_grpc
 from autopack.common.v1 import common_pb2
 from autopack.orchestrator.v1 import orchestrator_pb2 as pb
 from autopack.orchestrator.v1 import orchestrator_pb2_grpc
@@ -162,6 +163,19 @@ def test_sigkilled_replica_loses_nothing_and_runs_nothing_twice(
     assert cut.outcome == pb.ATTEMPT_OUTCOME_ERROR and not cut.counted
     assert cut.failure_kind == pb.FAILURE_KIND_INTERRUPTED and "interrupted" in cut.failure_reason
     assert finished.outcome == pb.ATTEMPT_OUTCOME_SUCCESS and finished.counted
+    # The cut attempt's tokens are in the totals: reconciled from what the builder recorded for the run.
+    with grpc.insecure_channel(env["AUTOPACK_BUILDER_ADDR"]) as channel:
+        spent = (
+            builder_pb2_grpc.BuilderServiceStub(channel)
+            .GetUsage(
+                builder_pb2.GetUsageRequest(group_by=builder_pb2.USAGE_GROUP_BY_RUN, run_id="replicas"),
+                timeout=30,
+            )
+            .total.usage
+        )
+    assert cut.usage.total_tokens > 0 and cut.usage.output_tokens > 0
+    assert run.usage.total_tokens == spent.total_tokens
+    assert (run.usage.input_tokens, run.usage.output_tokens) == (spent.input_tokens, spent.output_tokens)
     # The model saw p1 and p3 once each: no finished phase ran again; p2 twice (the cut attempt, the retry).
     assert [len(model.requests(phase)) for phase in PHASES] == [1, 2, 1]
     workspace = Path(run.workspace_path)

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from autopack.applier.v1 import applier_pb2
-from autopack.builder.v1 import builder_pb2_grpc
+from autopack.builder.v1 import builder_pb2, builder_pb2_grpc
 from autopack.common.v1 import common_pb2
 from autopack.estimator.v1 import estimator_pb2, estimator_pb2_grpc
 from autopack.memory.v1 import memory_pb2, memory_pb2_grpc
@@ -38,7 +38,7 @@ from autopack_memory.__main__ import build_memory
 from autopack_memory.service import MemoryServicer, memory_binding
 from autopack_memory.settings import MemorySettings
 from autopack_orchestrator.clients import ServiceClients
-from autopack_orchestrator.convert import phase_from_proto
+from autopack_orchestrator.convert import phase_from_proto, phase_to_proto
 from autopack_orchestrator.events import State
 from autopack_orchestrator.executor import smape, withheld_notes
 from autopack_orchestrator.plan import PhaseSpec, Plan, TierSpec
@@ -669,6 +669,79 @@ def test_crashed_run_resumes_from_first_unfinished_phase(
     assert "interrupted" in p2.attempts[0].failure_reason
     assert (p2.attempts[1].usage.input_tokens, p2.attempts[1].usage.output_tokens) == (1500, 200)
     assert (Path(run.workspace_path) / "src" / "mod2.py").read_text() == MODULE_TWO
+
+
+def test_tokens_of_an_attempt_killed_mid_build_are_reconciled_from_the_builder(
+    stack: Stack, start_orchestrator: Any, sqlite_url: str
+) -> None:
+    # A replica died while attempt 1's Build ran: the builder answered and recorded the call, the
+    # orchestrator never saw the response. The replica that takes the run over must count those tokens.
+    lines = [
+        {
+            "run_id": "killed-build",
+            "phase_id": "p1",
+            "attempt": 1,
+            "response": message([create("src/mod1.py", MODULE_ONE)], 1000, 150),
+        },
+        {
+            "run_id": "killed-build",
+            "phase_id": "p1",
+            "attempt": 2,
+            "response": message([create("src/mod1.py", MODULE_ONE)], 1100, 160),
+        },
+    ]
+    (stack.recordings / "killed-build.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    engine = create_db_engine(sqlite_url)
+    upgrade_schema(engine, "autopack_orchestrator.migrations", "alembic_version_orchestrator")
+    store = RunStore(engine)
+    spec = PhaseSpec(
+        phase_id="p1", description="Add module one.", deliverables=("src/mod1.py",), scope_paths=("src/",)
+    )
+    store.create_run(
+        Plan(
+            run_id="killed-build",
+            name="killed-build",
+            source_repo=str(stack.source_repo),
+            tiers=(TierSpec(tier_id="t1", phases=(spec,)),),
+        )
+    )
+    store.start_run("killed-build", "killed-process", 0.001)
+    store.set_phase_state("killed-build", "p1", State.EXECUTING, "phase p1 started")
+    store.save_attempt("killed-build", "p1", AttemptRecord(number=1, started_at=utcnow()))
+    engine.dispose()
+    with grpc.insecure_channel(stack.addresses["builder"]) as channel:
+        builder = builder_pb2_grpc.BuilderServiceStub(channel)
+        builder.Build(  # the dead replica's build, as the builder served it
+            builder_pb2.BuildRequest(
+                run_id="killed-build", phase=phase_to_proto(spec), max_tokens=4000, attempt=1
+            ),
+            timeout=20,
+        )
+
+        running = start_orchestrator()
+        list(running.stub.WatchRun(pb.WatchRunRequest(run_id="killed-build"), timeout=80))
+        run = running.stub.GetRun(pb.GetRunRequest(run_id="killed-build"), timeout=10).run
+        spent = builder.GetUsage(
+            builder_pb2.GetUsageRequest(group_by=builder_pb2.USAGE_GROUP_BY_RUN, run_id="killed-build"),
+            timeout=10,
+        ).total.usage
+
+    assert run.state == pb.STATE_COMPLETE, run.failure_reason
+    cut, done = phases_of(run)[0].attempts
+    assert cut.failure_kind == pb.FAILURE_KIND_INTERRUPTED and not cut.counted
+    assert (cut.usage.input_tokens, cut.usage.output_tokens, cut.usage.total_tokens) == (1000, 150, 1150)
+    assert (done.usage.input_tokens, done.usage.output_tokens) == (1100, 160)
+    assert run.usage.total_tokens == spent.total_tokens == 1150 + 1260
+    assert (run.usage.input_tokens, run.usage.output_tokens) == (spent.input_tokens, spent.output_tokens)
+    # Reconciling again finds nothing left: the totals are not counted twice.
+    assert (
+        sum(
+            1
+            for e in running.stub.WatchRun(pb.WatchRunRequest(run_id="killed-build"), timeout=10)
+            if e.message.startswith("usage:")
+        )
+        == 1
+    )
 
 
 def test_truncated_attempt_is_retried_with_an_escalated_budget(stack: Stack, start_orchestrator: Any) -> None:

@@ -287,6 +287,7 @@ class RunExecutor:
             if self._stopping.is_set():
                 self._store.release_lease(run_id, self.owner)
         except RunStopped as stop:
+            self._reconcile_interrupted_usage(run_id)
             self._store.finish_run(
                 run_id, stop.state, f"run {stop.state.value.lower()}: {stop.reason}", stop.reason
             )
@@ -361,9 +362,11 @@ class RunExecutor:
             if state.done:
                 continue
             reason = f"phase {phase.phase_id}: {reason}"
+            self._reconcile_interrupted_usage(run_id)
             final = State.CANCELLED if state is State.CANCELLED else State.FAILED
             self._store.finish_run(run_id, final, f"run {final.value.lower()}: {reason}", reason)
             return
+        self._reconcile_interrupted_usage(run_id)
         phases = self._store.get_run(run_id, with_attempts=False).phases()
         left = [phase.phase_id for phase in phases if not phase.state.done]
         if left:  # a drained phase finished; the rest of the run waits for StartRun or the next drain
@@ -526,6 +529,59 @@ class RunExecutor:
             attempt,
             EventType.ATTEMPT_FINISHED,
             f"attempt {attempt.number} closed: {reason}",
+        )
+        self._reconcile_interrupted_usage(run_id)
+
+    def _reconcile_interrupted_usage(self, run_id: str) -> None:
+        """Tokens of attempts cut short mid-Build go into the run's totals, from the builder's records.
+
+        An attempt killed while its Build ran (replica SIGKILL, a phase timeout, a cancel) never
+        got the BuildResponse carrying its usage, but the builder recorded every provider request
+        of the run (``GetUsage`` by run). What the builder counts beyond the run's totals here
+        (attempts plus doctor and re-plan calls) was spent by such attempts: it is stored on the
+        latest interrupted attempt, so the run's totals match the builder's. Called when an
+        interrupted attempt is settled and before a run ends; idempotent (once stored, nothing is
+        left over). A request the builder is still serving is not recorded yet: the next
+        reconciliation (the run's end, or its next execution) picks it up.
+        """
+        try:
+            run = self._store.get_run(run_id)
+            interrupted = [
+                (phase.phase_id, attempt)
+                for phase in run.phases()
+                for attempt in phase.attempts
+                if attempt.finished and attempt.failure_kind == FailureKind.INTERRUPTED.value
+            ]
+            if not interrupted:
+                return
+            response = self._call(
+                "builder",
+                "GetUsage",
+                self._clients.builder.GetUsage,
+                builder_pb2.GetUsageRequest(group_by=builder_pb2.USAGE_GROUP_BY_RUN, run_id=run_id),
+                self._settings.rpc_timeout_seconds,
+            )
+        except (StepFailed, RunStopped) as failure:
+            log.warning("usage of run %s not reconciled with the builder: %s", run_id, failure)
+            return
+        spent = response.total.usage
+        extra = unaccounted_usage(spent, run.usage)
+        if extra.total_tokens <= 0:
+            return
+        phase_id, attempt = max(interrupted, key=lambda item: item[1].started_at)
+        attempt.total_tokens += extra.total_tokens
+        if extra.input_tokens:
+            attempt.input_tokens = (attempt.input_tokens or 0) + extra.input_tokens
+        if extra.output_tokens:
+            attempt.output_tokens = (attempt.output_tokens or 0) + extra.output_tokens
+        self._store.save_attempt(
+            run_id,
+            phase_id,
+            attempt,
+            EventType.RECOVERY,
+            f"usage: attempt {attempt.number} was interrupted mid-build; {extra.total_tokens} tokens "
+            f"({_count(extra.input_tokens)} input + {_count(extra.output_tokens)} output) the builder "
+            "recorded for this run are added to it",
         )
 
     def _store_summary(
@@ -1415,6 +1471,16 @@ def _builder_error_usage(error: grpc.RpcError) -> dict[str, str] | None:
         if is_info and info.domain == BUILDER_ERROR_DOMAIN:
             return dict(info.metadata)
     return None
+
+
+def unaccounted_usage(builder: common_pb2.TokenUsage, known: Usage) -> Usage:
+    """What the builder recorded for a run beyond the run's totals here (never negative)."""
+    extra_input = extra_output = None
+    if builder.HasField("input_tokens"):
+        extra_input = max(builder.input_tokens - (known.input_tokens or 0), 0)
+    if builder.HasField("output_tokens"):
+        extra_output = max(builder.output_tokens - (known.output_tokens or 0), 0)
+    return Usage(extra_input, extra_output, max(builder.total_tokens - known.total_tokens, 0))
 
 
 def withheld_notes(withheld: Iterable[applier_pb2.WithheldFile]) -> list[str]:
