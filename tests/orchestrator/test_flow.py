@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -902,6 +903,67 @@ def test_drain_re_runs_failed_and_queued_phases_across_runs(
         drained_run = running.stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=10).run
         assert drained_run.state == pb.STATE_COMPLETE
         assert [len(p.attempts) for p in phases_of(drained_run)] == [1, 1]
+
+
+def test_a_drain_session_whose_replica_died_is_taken_over_and_finished(
+    stack: Stack, start_orchestrator: Any, sqlite_url: str
+) -> None:
+    (stack.recordings / "drain-orphan.jsonl").write_text(
+        "".join(json.dumps({**line, "run_id": "drain-orphan"}) + "\n" for line in RECORDINGS_HAPPY)
+    )
+    # What a replica leaves when it dies mid-session: the session EXECUTING with an expired lease,
+    # one phase it queued still waiting for a replica.
+    engine = create_db_engine(sqlite_url)
+    upgrade_schema(engine, "autopack_orchestrator.migrations", "alembic_version_orchestrator")
+    store = RunStore(engine)
+    spec = plan(stack, "drain-orphan")
+    store.create_run(
+        Plan(
+            run_id="drain-orphan",
+            name="drain-orphan",
+            source_repo=str(stack.source_repo),
+            tiers=tuple(
+                TierSpec(tier_id=tier.tier_id, phases=tuple(phase_from_proto(p) for p in tier.phases))
+                for tier in spec.tiers
+            ),
+        )
+    )
+    assert store.queue_drained_phase("drain-orphan", "p1", utcnow() + timedelta(minutes=5), "drain-dead", 2)
+    store.save_drain_session(
+        {
+            "session_id": "drain-dead",
+            "state": "EXECUTING",
+            "options": {"run_ids": ["drain-orphan"], "batch_size": 10, "phase_timeout_seconds": 300},
+            "planned": [],
+            "results": [],
+            "summary": {},
+            "owner": "dead-replica",
+            "started_at": utcnow(),
+            "finished_at": None,
+            "lease_expires_at": utcnow() - timedelta(seconds=1),
+        }
+    )
+    engine.dispose()
+
+    running = start_orchestrator(sqlite_url)
+    found = running.stub.GetDrainSession(
+        pb.GetDrainSessionRequest(session_id="drain-dead"), timeout=10
+    ).session
+    while found.state == pb.STATE_EXECUTING:
+        running.orchestrator.executor.wait_idle(1)
+        found = running.stub.GetDrainSession(
+            pb.GetDrainSessionRequest(session_id="drain-dead"), timeout=10
+        ).session
+    assert found.state == pb.STATE_COMPLETE, found.summary.stop_reason
+    # The phase the dead replica queued was waited for, then the session went on to the run's next phase.
+    assert [(i.phase_id, i.state) for i in found.results] == [
+        ("p1", pb.STATE_COMPLETE),
+        ("p2", pb.STATE_COMPLETE),
+    ]
+    assert found.summary.stop_reason == "nothing left to drain"
+    run = running.stub.GetRun(pb.GetRunRequest(run_id="drain-orphan"), timeout=10).run
+    assert run.state == pb.STATE_COMPLETE
+    assert [len(p.attempts) for p in phases_of(run)] == [1, 1]
 
 
 def test_a_drained_phase_past_its_timeout_is_stopped_and_explains_the_zero_yield(

@@ -261,3 +261,33 @@ def test_cancel_resume_and_drain_sessions(store: RunStore) -> None:
     )
     with pytest.raises(NotFound):
         store.get_drain_session("drain-2")
+
+
+def test_an_orphaned_drain_session_is_taken_over_once(store: RunStore) -> None:
+    store.create_run(sample_plan("orphan", phases=2))
+    assert store.queue_drained_phase("orphan", "p1", utcnow() + timedelta(minutes=5), "drain-o", 2)
+    store.save_drain_session(
+        {
+            "session_id": "drain-o",
+            "state": "EXECUTING",
+            "options": {"batch_size": 3},
+            "planned": [],
+            "results": [],
+            "summary": {},
+            "owner": "dead",
+            "started_at": utcnow(),
+            "finished_at": None,
+            "lease_expires_at": utcnow() + timedelta(seconds=30),
+        }
+    )
+    assert store.claim_drain_sessions("other", 30) == []  # the lease is still fresh
+    assert store.renew_drain_session("drain-o", "dead", -1)  # ... until its owner stops renewing
+    [claimed] = store.claim_drain_sessions("other", 30)
+    assert (claimed["session_id"], claimed["owner"]) == ("drain-o", "other")
+    assert store.claim_drain_sessions("third", 30) == []  # exactly one replica adopts it
+    assert not store.renew_drain_session("drain-o", "dead", 30)
+    assert not store.save_drain_session({"session_id": "drain-o", "owner": "dead", "state": "FAILED"})
+    assert store.get_drain_session("drain-o")["state"] == "EXECUTING"  # the old owner wrote nothing
+    assert [(run_id, phase) for run_id, phase, _ in store.drained_phases("drain-o")] == [("orphan", "p1")]
+    store.park_run("orphan", "p1 done")  # a phase that finished while nobody watched is still found
+    assert [(run_id, phase) for run_id, phase, _ in store.drained_phases("drain-o")] == [("orphan", "p1")]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -219,15 +220,94 @@ class _InFlight:
     started: datetime
 
 
+@dataclass
+class _Progress:
+    """Where a session stands: empty for a new one, rebuilt from the database when taken over."""
+
+    results: list[DrainItem] = field(default_factory=list)
+    skipped_seen: set[tuple[str, str]] = field(default_factory=set)
+    in_flight: dict[str, _InFlight] = field(default_factory=dict)
+
+
+class _SessionLost(Exception):
+    """Another replica took the session over (this one stopped renewing its lease in time)."""
+
+
 class DrainController:
     """Runs drain sessions on a background thread of this replica; any replica executes the phases."""
 
-    def __init__(self, store: RunStore, owner: str, wake: Callable[[], None]) -> None:
+    def __init__(
+        self, store: RunStore, owner: str, wake: Callable[[], None], lease_seconds: float = 30.0
+    ) -> None:
         self._store = store
         self._owner = owner
         self._wake = wake
+        self._lease_seconds = lease_seconds
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._watcher: threading.Thread | None = None
+
+    def watch(self) -> None:
+        """Adopt sessions whose replica died (their lease expired), checking every lease/3."""
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name="drain-session-watcher", daemon=True)
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(max(self._lease_seconds / 3, 0.05)):
+            try:
+                self.adopt_orphaned_sessions()
+            except Exception:
+                log.exception("looking for orphaned drain sessions failed")
+
+    def adopt_orphaned_sessions(self) -> list[str]:
+        """Take over EXECUTING sessions nobody renews: their results so far rebuild the triage,
+        the phases they queued without a result are waited for (or read), and draining goes on here."""
+        adopted = []
+        for stored in self._store.claim_drain_sessions(self._owner, self._lease_seconds):
+            session = {key: value for key, value in stored.items() if key != "id"}
+            options = DrainOptions(
+                **{
+                    key: tuple(value) if isinstance(value, list) else value
+                    for key, value in session["options"].items()
+                    if key in DrainOptions.__dataclass_fields__
+                }
+            )
+            triage = Triage(options)
+            results = [DrainItem(**item) for item in session["results"]]
+            skipped_seen: set[tuple[str, str]] = set()
+            for item in results:
+                if item.reason.startswith("skipped"):
+                    skipped_seen.add((item.run_id, item.phase_id))
+                else:
+                    triage.learn(item)
+            # Phases it queued without a result yet: still executing, or finished while nobody
+            # watched (their result is read like any other when the wait sees them done).
+            reported = {(item.run_id, item.phase_id) for item in results}
+            in_flight = {
+                run_id: _InFlight(phase_id, started or utcnow())
+                for run_id, phase_id, started in self._store.drained_phases(session["session_id"])
+                if (run_id, phase_id) not in reported
+            }
+            log.info(
+                "took over drain session %s (%d result(s), %d phase(s) in flight)",
+                session["session_id"],
+                len(results),
+                len(in_flight),
+            )
+            self._spawn(session, triage, _Progress(results, skipped_seen, in_flight))
+            adopted.append(session["session_id"])
+        return adopted
+
+    def _spawn(self, session: dict[str, Any], triage: Triage, progress: _Progress | None = None) -> None:
+        thread = threading.Thread(
+            target=self._drain_guarded,
+            args=(session, triage, progress or _Progress()),
+            name=f"drain-{session['session_id']}",
+            daemon=True,
+        )
+        self._threads.append(thread)
+        thread.start()
 
     def start(self, options: DrainOptions) -> dict[str, Any]:
         """Persist a new session and start draining (a dry run only plans and finishes)."""
@@ -245,6 +325,7 @@ class DrainController:
             "owner": self._owner,
             "started_at": now,
             "finished_at": None,
+            "lease_expires_at": now + timedelta(seconds=self._lease_seconds),
         }
         if options.dry_run:
             session["state"] = State.COMPLETE.value
@@ -254,20 +335,15 @@ class DrainController:
             self._store.save_drain_session(session)
             return session
         self._store.save_drain_session(session)
-        thread = threading.Thread(
-            target=self._drain_guarded,
-            args=(session, triage),
-            name=f"drain-{session['session_id']}",
-            daemon=True,
-        )
-        self._threads.append(thread)
-        thread.start()
+        self._spawn(session, triage)
         return session
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
         for thread in self._threads:
             thread.join(timeout)
+        if self._watcher is not None:
+            self._watcher.join(timeout)
 
     def _plan(self, triage: Triage) -> list[DrainItem]:
         """What would go now, in order (the first round; later phases follow as runs advance)."""
@@ -282,9 +358,11 @@ class DrainController:
             )
         return items[: triage.options.batch_size or None] if triage.options.dry_run else items
 
-    def _drain_guarded(self, session: dict[str, Any], triage: Triage) -> None:
+    def _drain_guarded(self, session: dict[str, Any], triage: Triage, progress: _Progress) -> None:
         try:
-            self._drain(session, triage)
+            self._drain(session, triage, progress)
+        except _SessionLost:
+            log.info("drain session %s was taken over by another replica", session["session_id"])
         except Exception as error:
             log.exception("drain session %s failed", session["session_id"])
             session["state"] = State.FAILED.value
@@ -292,7 +370,7 @@ class DrainController:
             session["summary"] = {**session["summary"], "stop_reason": f"internal error: {error!r}"}
             self._store.save_drain_session(session)
 
-    def _drain(self, session: dict[str, Any], triage: Triage) -> None:
+    def _drain(self, session: dict[str, Any], triage: Triage, progress: _Progress) -> None:
         options = triage.options
         started = session["started_at"]
         limit = options.batch_size or 10
@@ -300,11 +378,17 @@ class DrainController:
         deadline = (
             started + timedelta(minutes=options.max_total_minutes) if options.max_total_minutes else None
         )
-        results: list[DrainItem] = []
-        skipped_seen: set[tuple[str, str]] = set()
-        in_flight: dict[str, _InFlight] = {}
+        results, skipped_seen, in_flight = progress.results, progress.skipped_seen, progress.in_flight
         stop_reason = ""
+        renew_every = max(self._lease_seconds / 3, 0.05)
+        next_renewal = time.monotonic() + renew_every
         while True:
+            if time.monotonic() >= next_renewal:
+                if not self._store.renew_drain_session(
+                    session["session_id"], self._owner, self._lease_seconds
+                ):
+                    raise _SessionLost()
+                next_renewal = time.monotonic() + renew_every
             launched = sum(1 for item in results if not item.reason.startswith("skipped")) + len(in_flight)
             if not stop_reason:
                 if self._stopping.is_set():
@@ -340,12 +424,14 @@ class DrainController:
                 results.append(item)
             session["results"] = [asdict(item) for item in results]
             session["summary"] = summarise(results, stop_reason, options.phase_timeout_seconds)
-            self._store.save_drain_session(session)
+            if not self._store.save_drain_session(session):
+                raise _SessionLost()
         session["state"] = State.COMPLETE.value
         session["finished_at"] = utcnow()
         session["results"] = [asdict(item) for item in results]
         session["summary"] = summarise(results, stop_reason, options.phase_timeout_seconds)
-        self._store.save_drain_session(session)
+        if not self._store.save_drain_session(session):
+            raise _SessionLost()
 
     def _pick(
         self,

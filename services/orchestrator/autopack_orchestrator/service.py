@@ -166,7 +166,8 @@ def create_orchestrator(
     clients = clients or ServiceClients()
     executor = RunExecutor(store, clients, settings, tracer=tracer, owner=owner)
     executor.start()
-    drains = DrainController(store, executor.owner, executor.wake)
+    drains = DrainController(store, executor.owner, executor.wake, settings.lease_seconds)
+    drains.watch()
     return Orchestrator(
         engine=engine,
         store=store,

@@ -92,6 +92,10 @@ runs = Table(
     Column("recovery_input_tokens", Integer, nullable=True),
     Column("recovery_output_tokens", Integer, nullable=True),
     Column("recovery_total_tokens", Integer, nullable=False, default=0),
+    # Set by a drain: the session that last queued one of the run's phases, and that phase (kept
+    # after the phase ran, so a session taken over finds what finished while nobody watched).
+    Column("drain_session", String(128), nullable=True),
+    Column("drain_phase", String(128), nullable=True),
     UniqueConstraint("run_id", name="uq_runs_run_id"),
     Index("ix_runs_state_lease", "state", "lease_expires_at"),
 )
@@ -193,6 +197,8 @@ drain_sessions = Table(
     Column("owner", String(128), nullable=False),
     Column("started_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime, nullable=True),
+    # Renewed by the replica driving the session; once expired another replica takes it over.
+    Column("lease_expires_at", UtcDateTime, nullable=True),
     UniqueConstraint("session_id", name="uq_drain_sessions_session_id"),
 )
 
@@ -854,6 +860,8 @@ class RunStore:
                     only_phase=phase_id,
                     max_attempts=max_attempts,
                     phase_deadline=deadline,
+                    drain_session=session_id,
+                    drain_phase=phase_id,
                 )
             )
             if result.rowcount == 0:
@@ -944,17 +952,85 @@ class RunStore:
             rows = list(conn.execute(query).mappings())
             return self._load_runs(conn, rows, with_attempts=True)
 
-    def save_drain_session(self, session: dict[str, Any]) -> None:
-        """Insert or replace a drain session (a JSON-ready dict with the table's columns)."""
+    def save_drain_session(self, session: dict[str, Any]) -> bool:
+        """Insert or replace a drain session (a JSON-ready dict with the table's columns).
+
+        When ``session`` names an owner only that owner may replace it: False (nothing written)
+        when another replica took the session over.
+        """
         values = {name: session[name] for name in session if name in drain_sessions.c and name != "id"}
+        lease = {"lease_expires_at": values.pop("lease_expires_at", None)}  # renewed on its own
+        mine = drain_sessions.c.session_id == session["session_id"]
+        if "owner" in session:
+            mine = and_(mine, drain_sessions.c.owner == session["owner"])
+        with self.engine.begin() as conn:
+            result = conn.execute(update(drain_sessions).where(mine).values(**values))
+            if result.rowcount == 0:
+                exists = conn.execute(
+                    select(drain_sessions.c.id).where(drain_sessions.c.session_id == session["session_id"])
+                ).first()
+                if exists is not None:
+                    return False
+                conn.execute(insert(drain_sessions).values(**values, **lease))
+        return True
+
+    def renew_drain_session(self, session_id: str, owner: str, lease_seconds: float) -> bool:
+        """Extend ``owner``'s lease on its EXECUTING session; False when it is no longer its own."""
         with self.engine.begin() as conn:
             result = conn.execute(
                 update(drain_sessions)
-                .where(drain_sessions.c.session_id == session["session_id"])
-                .values(**values)
+                .where(
+                    drain_sessions.c.session_id == session_id,
+                    drain_sessions.c.owner == owner,
+                    drain_sessions.c.state == State.EXECUTING.value,
+                )
+                .values(lease_expires_at=self._clock() + timedelta(seconds=lease_seconds))
             )
-            if result.rowcount == 0:
-                conn.execute(insert(drain_sessions).values(**values))
+        return result.rowcount == 1
+
+    def claim_drain_sessions(self, owner: str, lease_seconds: float) -> list[dict[str, Any]]:
+        """Take over EXECUTING sessions whose driving replica stopped renewing their lease.
+
+        Same pattern as ``claim_runs``: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL plus a
+        conditional update, so exactly one replica adopts each orphaned session.
+        """
+        now = self._clock()
+        orphaned = and_(
+            drain_sessions.c.state == State.EXECUTING.value,
+            or_(drain_sessions.c.lease_expires_at.is_(None), drain_sessions.c.lease_expires_at < now),
+        )
+        claimed: list[dict[str, Any]] = []
+        with self.engine.begin() as conn:
+            candidates = list(
+                conn.execute(
+                    select(drain_sessions.c.session_id)
+                    .where(orphaned)
+                    .order_by(drain_sessions.c.id)
+                    .with_for_update(skip_locked=True)
+                ).scalars()
+            )
+            for session_id in candidates:
+                result = conn.execute(
+                    update(drain_sessions)
+                    .where(drain_sessions.c.session_id == session_id, orphaned)
+                    .values(owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds))
+                )
+                if result.rowcount == 1:
+                    row = conn.execute(
+                        select(drain_sessions).where(drain_sessions.c.session_id == session_id)
+                    ).mappings()
+                    claimed.append(dict(row.one()))
+        return claimed
+
+    def drained_phases(self, session_id: str) -> list[tuple[str, str, datetime | None]]:
+        """(run_id, phase_id, started_at) of the phases this session queued, executing or not."""
+        query = (
+            select(runs.c.run_id, runs.c.drain_phase, runs.c.started_at)
+            .where(runs.c.drain_session == session_id, runs.c.drain_phase.is_not(None))
+            .order_by(runs.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [(row[0], row[1], row[2]) for row in conn.execute(query)]
 
     def get_drain_session(self, session_id: str) -> dict[str, Any]:
         with self.engine.connect() as conn:
