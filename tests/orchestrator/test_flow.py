@@ -570,6 +570,51 @@ def test_withheld_notes_name_files_never_content() -> None:
     assert "conf/.env (secret file (rule '.env*'))" in note and "withheld" in note
 
 
+def test_a_missing_declared_dependency_is_installed_only_through_an_allowlisted_pip(
+    stack: Stack, start_orchestrator: Any, tmp_path: Path
+) -> None:
+    source = tmp_path / "dep-source"
+    (source / "src").mkdir(parents=True)
+    (source / "src" / "__init__.py").write_text("")
+    (source / "requirements.txt").write_text("declaredmod==1.0  # used by mod1\n")
+    lines = [
+        {
+            "run_id": run_id,
+            "phase_id": "p1",
+            "attempt": 1,
+            "response": message([create("src/mod1.py", f"import {module}\n")], 600, 60),
+        }
+        for run_id, module in (("dep-declared", "declaredmod"), ("dep-undeclared", "othermod"))
+    ]
+    (stack.recordings / "deps.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    running = start_orchestrator(settings_overrides={"max_attempts": 2})
+    messages = {}
+    for run_id in ("dep-declared", "dep-undeclared"):
+        request_plan = one_phase(
+            stack,
+            run_id,
+            description="Add module one.",
+            deliverables=["src/mod1.py"],
+            scope=common_pb2.Scope(paths=["src/"]),
+            validation_command=["python", "-c", "import src.mod1"],
+        )
+        request_plan.source_repo = str(source)
+        run, events = run_to_end(running, request_plan)
+        assert run.state == pb.STATE_FAILED
+        [messages[run_id]] = [
+            e.message for e in events if e.message.startswith("mitigation: python_missing_dep")
+        ]
+    # The default applier allowlist has no pip: the hint stays, and the event says why nothing was installed.
+    assert (
+        "no install: 'declaredmod==1.0' is declared in requirements.txt, but pip is not on the applier's allowlist"
+        in messages["dep-declared"]
+    )
+    assert (
+        "no install: 'othermod' is not a declared dependency of the workspace" in messages["dep-undeclared"]
+    )
+    assert all("hint added to the next prompt" in message for message in messages.values())
+
+
 def test_failed_checks_roll_back_retry_and_fail_the_run(stack: Stack, start_orchestrator: Any) -> None:
     running = start_orchestrator(settings_overrides={"max_attempts": 2})
     check = ["python", "-c", "import sys; print('boom'); sys.exit(3)"]

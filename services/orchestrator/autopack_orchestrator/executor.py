@@ -51,6 +51,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from autopack_orchestrator import recovery
 from autopack_orchestrator.clients import ServiceClients
 from autopack_orchestrator.convert import phase_to_proto
+from autopack_orchestrator.dependencies import MANIFESTS, declared_requirement
 from autopack_orchestrator.events import EventType, FailureKind, Outcome, State
 from autopack_orchestrator.failures import FailureContext, detect, fingerprint
 from autopack_orchestrator.outcomes import estimator_samples
@@ -665,6 +666,13 @@ class RunExecutor:
             message = (
                 f"mitigation: {mitigation.pattern} ({mitigation.description}); hint added to the next prompt"
             )
+            if mitigation.pattern == "python_missing_dep" and mitigation.module:
+                install_hint, note = self._install_declared_dependency(run_id, mitigation.module)
+                if install_hint:
+                    values["mitigations"][-1]["hint"] = install_hint
+                    message = f"mitigation: {mitigation.pattern} ({mitigation.description}); {note}"
+                else:
+                    message += f" (no install: {note})"
             if mitigation.command:
                 values["check_command"] = mitigation.command
                 message += f"; check command now `{shlex.join(mitigation.command)}`"
@@ -677,6 +685,59 @@ class RunExecutor:
             if self._replan(run, phase, streak, reason):
                 return None
         return self._doctor(run, record.doctor_calls, phase, failures)
+
+    def _install_declared_dependency(self, run_id: str, module: str) -> tuple[str, str]:
+        """Install a missing module the workspace declares, through the applier's allowlisted ``pip``.
+
+        Returns (hint for the next prompt, event note) when installed, else ("", why not). Only
+        a plain specifier the workspace itself declares is installed (``dependencies.py``); the
+        applier decides whether ``pip`` may run at all (``AUTOPACK_APPLIER_ALLOWED_COMMANDS``,
+        not allowed by default: it installs into the interpreter the checks use).
+        """
+        timeout = self._settings.rpc_timeout_seconds
+        try:
+            read = self._call(
+                "applier",
+                "ReadFiles",
+                self._clients.applier.ReadFiles,
+                applier_pb2.ReadFilesRequest(run_id=run_id, paths=list(MANIFESTS)),
+                timeout,
+            )
+        except StepFailed as failure:
+            return "", f"the workspace's dependency manifests could not be read: {failure.reason}"
+        requirement = declared_requirement(module, {f.path: f.content for f in read.files})
+        if requirement is None:
+            return (
+                "",
+                f"{module!r} is not a declared dependency of the workspace (requirements, pyproject.toml)",
+            )
+        command = ["pip", "install", requirement.specifier]
+        try:
+            result = self._call(
+                "applier",
+                "RunChecks",
+                self._clients.applier.RunChecks,
+                applier_pb2.RunChecksRequest(run_id=run_id, command=command, timeout_seconds=300),
+                300 + timeout,
+            )
+        except StepFailed as failure:
+            if failure.code == grpc.StatusCode.PERMISSION_DENIED.name:
+                return "", (
+                    f"{requirement.specifier!r} is declared in {requirement.source}, but pip is not on the "
+                    "applier's allowlist"
+                )
+            return "", f"`{shlex.join(command)}` failed: {failure.reason}"
+        if result.exit_code != 0 or result.timed_out:
+            return "", f"`{shlex.join(command)}` exited {result.exit_code}: {_short(result.output_tail, 300)}"
+        hint = (
+            f"The Python module '{module}' was missing from the check environment; the workspace declares "
+            f"it ({requirement.specifier} in {requirement.source}) and it has now been installed: it may be "
+            "imported."
+        )
+        return (
+            hint,
+            f"installed {requirement.specifier} (declared in {requirement.source}) with `{shlex.join(command)}`",
+        )
 
     def _doctor_request(
         self, run: RunRecord, phase: PhaseRecord, failures: Iterable[AttemptRecord]

@@ -74,6 +74,8 @@ class Mitigation:
     description: str
     hint: str
     command: tuple[str, ...] | None = None
+    # The missing module, for ``python_missing_dep`` (an install step may supply it).
+    module: str = ""
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ def _python_missing_dep(context: FailureContext) -> Mitigation | None:
             f"The Python module '{module}' is NOT installed in the check environment and cannot be "
             "installed. Do not import it: use the standard library or write the needed code yourself."
         ),
+        module=match.group(1).split(".")[0],
     )
 
 
