@@ -950,7 +950,7 @@ class RunExecutor:
             raise StepFailed(Outcome.BUILD_FAILED, "builder returned no file operations")
 
         # Memory: has the change drifted from the run's intention? Blocking drift is not applied.
-        drift, blocking = self._memory_steps.check_drift(run, spec, build)
+        drift, blocking = self._memory_steps.check_drift(run_id, intention_text(run), build)
         step(drift)
         if blocking:
             raise StepFailed(Outcome.BUILD_FAILED, drift)

@@ -308,15 +308,17 @@ class MemorySteps:
 
     # -- after the build, after the phase ---------------------------------------------------
 
-    def check_drift(
-        self, run: RunRecord, spec: PhaseSpec, build: builder_pb2.BuildResponse
-    ) -> tuple[str, bool]:
-        """(event text, blocking) for the build's change against the run's intention."""
+    def check_drift(self, run_id: str, intention: str, build: builder_pb2.BuildResponse) -> tuple[str, bool]:
+        """(event text, blocking) for the build's change against the run's intention.
+
+        The intention is sent inline, so the check does not depend on Qdrant holding it.
+        """
         paths = ", ".join(op.path for op in build.operations)
         change = _utf8(f"{build.summary.strip()}\nFiles: {paths}", 4 * MAX_NOTE_BYTES)
         try:
             response = self._memory(
-                "CheckDrift", memory_pb2.CheckDriftRequest(run_id=run.run_id, change_summary=change)
+                "CheckDrift",
+                memory_pb2.CheckDriftRequest(run_id=run_id, intention=intention, change_summary=change),
             )
         except self._step_failed as failure:
             return f"drift: not checked ({failure})", False
