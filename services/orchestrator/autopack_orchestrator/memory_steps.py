@@ -4,7 +4,8 @@
   repository recalls earlier summaries, fixes and decisions (``Recall``) into its builder prompt.
 - The run's **workspace index**: the applier's workspace, read through the applier's
   ``ReadFiles`` (so memory and applier need not share a disk), recorded with ``IndexWorkspace``
-  by content hash after ``PrepareWorkspace`` and refreshed before each selection; then
+  by content hash after ``PrepareWorkspace`` and, once a change was applied (kept or rolled
+  back), again before the next selection; then
   ``SelectContext(workspace=...)`` chooses among all of its files. Candidates (the scoped files
   sent in full) remain the fallback when memory answers UNIMPLEMENTED or fails.
 - **Goal drift** of each build's summary against the run's intention (``CheckDrift``).
@@ -146,6 +147,8 @@ class MemorySteps:
         self._step_failed = step_failed
         self._projects: dict[str, str] = {}
         self._workspaces: dict[str, str] = {}
+        # Runs whose workspace may differ from its index (a change was applied, perhaps rolled back).
+        self._stale: set[str] = set()
 
     def project(self, run: RunRecord) -> str:
         """The run's project key, derived once per process (it only depends on the plan)."""
@@ -217,9 +220,10 @@ class MemorySteps:
             log.warning("workspace of %s not indexed: %s", run_id, failure)
             return f"memory: workspace not indexed, context from candidates: {failure}"
         self._workspaces[run_id] = workspace
+        self._stale.discard(run_id)
         return (
-            f"memory: workspace indexed, {len(by_path)} file(s) ({sent} new or changed, "
-            f"{response.removed} removed)"
+            f"memory: workspace indexed, {len(by_path)} file(s): {response.updated + sent} new or changed, "
+            f"{response.removed} removed, content sent for {sent}"
         )
 
     # -- what the builder is told -----------------------------------------------------------
@@ -262,8 +266,8 @@ class MemorySteps:
         workspace = self._workspaces.get(run.run_id)
         selection = None
         source = f"{len(files)} candidate(s)"
-        if workspace:
-            self.index_workspace(run.run_id, workspace)  # an earlier phase's change, or a rollback
+        if workspace and run.run_id in self._stale:
+            step(self.index_workspace(run.run_id, workspace))  # a change applied since, kept or rolled back
             workspace = self._workspaces.get(run.run_id)
         if workspace:
             by_reference = memory_pb2.SelectContextRequest()
@@ -311,8 +315,10 @@ class MemorySteps:
     def check_drift(self, run_id: str, intention: str, build: builder_pb2.BuildResponse) -> tuple[str, bool]:
         """(event text, blocking) for the build's change against the run's intention.
 
-        The intention is sent inline, so the check does not depend on Qdrant holding it.
+        The intention is sent inline, so the check does not depend on Qdrant holding it. Called
+        right before the change is applied: the workspace index is refreshed before the next selection.
         """
+        self._stale.add(run_id)
         paths = ", ".join(op.path for op in build.operations)
         change = _utf8(f"{build.summary.strip()}\nFiles: {paths}", 4 * MAX_NOTE_BYTES)
         try:
@@ -350,7 +356,9 @@ class MemorySteps:
             unindexed += 0 if response.indexed else 1
         message = f"memory: {stored} project record(s) stored for {project}"
         if unindexed:
-            message += f" ({unindexed} without vectors: memory degraded, found lexically)"
+            message += (
+                f" ({unindexed} without vectors, embeddings off or Qdrant unavailable: recalled lexically)"
+            )
         if errors:
             log.warning(
                 "project records of %s/%s not stored: %s", run.run_id, outcome.phase.phase_id, errors[0]
