@@ -47,12 +47,11 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from autopack_orchestrator import recovery
+from autopack_orchestrator import memory_steps, recovery
 from autopack_orchestrator.clients import ServiceClients
 from autopack_orchestrator.convert import phase_to_proto
 from autopack_orchestrator.events import EventType, FailureKind, Outcome, State
 from autopack_orchestrator.failures import FailureContext, detect, fingerprint
-from autopack_orchestrator.memory_steps import MemorySteps, PhaseOutcome
 from autopack_orchestrator.plan import PhaseSpec
 from autopack_orchestrator.settings import OrchestratorSettings
 from autopack_orchestrator.store import AttemptRecord, PhaseRecord, RunRecord, RunStore, Usage
@@ -202,7 +201,7 @@ class RunExecutor:
         self._wake = threading.Event()
         # Per worker thread: the drain's deadline of the phase being executed, which bounds every RPC.
         self._phase_deadline = threading.local()
-        self._memory_steps = MemorySteps(clients, settings, store, self._call, StepFailed)
+        self._memory_steps = memory_steps.MemorySteps(clients, settings, store, self._call, StepFailed)
         self._health = recovery.HealthLimits(
             infra_errors=settings.max_infra_errors_per_run,
             patch_failures=settings.max_patch_failures_per_run,
@@ -583,7 +582,7 @@ class RunExecutor:
         phase = self._store.get_run(run.run_id).phase(spec.phase_id)
         self._memory_steps.remember_phase(
             run,
-            PhaseOutcome(
+            memory_steps.PhaseOutcome(
                 phase, state, text, last.record if last else None, last.changed_paths if last else ()
             ),
         )
