@@ -151,9 +151,9 @@ class MemorySteps:
         self._stale: set[str] = set()
 
     def project(self, run: RunRecord) -> str:
-        """The run's project key, derived once per process (it only depends on the plan)."""
+        """The run's project key: the plan's, or derived once per process from its source."""
         if run.run_id not in self._projects:
-            self._projects[run.run_id] = project_key(run.source_repo)
+            self._projects[run.run_id] = project_key(run.source_repo, run.project)
         return self._projects[run.run_id]
 
     def _memory(self, method: str, request: Any) -> Any:
