@@ -64,6 +64,8 @@ class PlanFile(_Strict):
     name: str = ""
     source_repo: str = Field(min_length=1)
     tiers: list[TierFile] = Field(min_length=1)
+    # Memory's project key across runs; empty = derived by the orchestrator from source_repo.
+    project: str = Field(default="", max_length=256)
 
 
 def load_plan(path: Path, run_id: str | None = None) -> orchestrator_pb2.Plan:
@@ -92,6 +94,7 @@ def load_plan(path: Path, run_id: str | None = None) -> orchestrator_pb2.Plan:
         run_id=run_id or plan.run_id,
         name=plan.name or plan.run_id,
         source_repo=str(source),
+        project=plan.project,
         tiers=[
             orchestrator_pb2.TierSpec(
                 tier_id=tier.tier_id,

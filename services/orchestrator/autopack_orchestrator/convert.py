@@ -21,6 +21,7 @@ def plan_from_proto(message: pb.Plan) -> Plan:
         run_id=message.run_id,
         name=message.name,
         source_repo=message.source_repo,
+        project=message.project,
         tiers=tuple(
             TierSpec(
                 tier_id=tier.tier_id,
@@ -165,6 +166,7 @@ def run_to_proto(run: RunRecord) -> pb.Run:
         usage=usage_to_proto(run.usage),
         cancel_requested=run.cancel_requested,
         doctor_calls=run.doctor_calls,
+        project=run.project,
     )
 
 

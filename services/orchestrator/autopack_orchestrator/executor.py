@@ -48,7 +48,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from autopack_orchestrator import recovery
+from autopack_orchestrator import memory_steps, recovery
 from autopack_orchestrator.clients import ServiceClients
 from autopack_orchestrator.convert import phase_to_proto
 from autopack_orchestrator.dependencies import MANIFESTS, declared_requirement
@@ -204,6 +204,7 @@ class RunExecutor:
         self._wake = threading.Event()
         # Per worker thread: the drain's deadline of the phase being executed, which bounds every RPC.
         self._phase_deadline = threading.local()
+        self._memory_steps = memory_steps.MemorySteps(clients, settings, store, self._call, StepFailed)
         self._health = recovery.HealthLimits(
             infra_errors=settings.max_infra_errors_per_run,
             patch_failures=settings.max_patch_failures_per_run,
@@ -408,8 +409,13 @@ class RunExecutor:
             self._settings.rpc_timeout_seconds,
         )
         self._store.append_event(
-            run.run_id, EventType.STEP, f"memory: intention stored ({len(text.encode())} bytes)"
+            run.run_id,
+            EventType.STEP,
+            f"memory: intention stored ({len(text.encode())} bytes), project {self._memory_steps.project(run)}",
         )
+        indexed = self._memory_steps.index_workspace(run.run_id, response.workspace_path)
+        if indexed:
+            self._store.append_event(run.run_id, EventType.STEP, indexed)
 
     # -- a phase ------------------------------------------------------------------------------
 
@@ -632,6 +638,13 @@ class RunExecutor:
             log.warning("phase summary of %s not stored: %s", spec.phase_id, failure.reason)
             message = f"memory: phase summary not stored: {failure.reason}"
         self._store.append_event(run.run_id, EventType.STEP, message, phase_id=spec.phase_id)
+        phase = self._store.get_run(run.run_id).phase(spec.phase_id)
+        self._memory_steps.remember_phase(
+            run,
+            memory_steps.PhaseOutcome(
+                phase, state, text, last.record if last else None, last.changed_paths if last else ()
+            ),
+        )
 
     # -- recovery -----------------------------------------------------------------------------
 
@@ -971,51 +984,14 @@ class RunExecutor:
             truncate_utf8(intention_hits[0].item.text, MAX_MEMORY_TEXT_BYTES) if intention_hits else ""
         )
         notes = [hit.item.text for hit in self._search(PHASE_SUMMARIES, spec.description, run_id, limit=5)]
+        notes += self._memory_steps.recall(run, spec)  # earlier runs of the same repository
         step(f"memory: intention context {len(intention.encode())} bytes, {len(notes)} note(s)")
 
         # 3. Applier: the scoped files as they are now (secret files only by name).
         files, withheld = self._read_scope(run_id, spec, step)
 
         # 4. Memory: keep the most relevant files that fit the context budget.
-        context_files: list[common_pb2.ContextFile] = []
-        if files:
-            deliverables = set(spec.deliverables)
-            query = spec.description
-            if spec.deliverables:
-                query += "\nDeliverables: " + ", ".join(spec.deliverables)
-            selection = self._call(
-                "memory",
-                "SelectContext",
-                self._clients.memory.SelectContext,
-                memory_pb2.SelectContextRequest(
-                    run_id=run_id,
-                    phase_id=phase_id,
-                    query=query,
-                    candidates=[
-                        memory_pb2.CandidateFile(
-                            path=f.path, content=f.content, pinned=f.path in deliverables
-                        )
-                        for f in files
-                    ],
-                    token_budget=self._settings.context_budget_tokens,
-                ),
-                timeout,
-            )
-            by_path = {f.path: f for f in files}
-            context_files = [
-                common_pb2.ContextFile(
-                    path=kept.path,
-                    content=by_path[kept.path].content,
-                    summarized=by_path[kept.path].truncated,
-                )
-                for kept in selection.kept
-                if kept.path in by_path
-            ]
-            mode = memory_pb2.SelectionMode.Name(selection.mode).removeprefix("SELECTION_MODE_").lower()
-            step(
-                f"context: kept {len(context_files)} of {len(files)} file(s), "
-                f"{selection.used_tokens} tokens ({mode})"
-            )
+        context_files = self._memory_steps.select_context(run, spec, files, step)
 
         # 5. Estimator: how many output tokens, and what max_tokens to send.
         self._budget(run_id, phase, attempt, previous, step)
@@ -1079,6 +1055,12 @@ class RunExecutor:
             )
         if not build.operations:
             raise StepFailed(Outcome.BUILD_FAILED, "builder returned no file operations")
+
+        # Memory: has the change drifted from the run's intention? Blocking drift is not applied.
+        drift, blocking = self._memory_steps.check_drift(run_id, intention_text(run), build)
+        step(drift)
+        if blocking:
+            raise StepFailed(Outcome.BUILD_FAILED, drift)
 
         # 7. Applier: apply inside the scope (savepoint), then check.
         self._checkpoint(run_id)

@@ -18,6 +18,7 @@ IDENTIFIER = re.compile(r"[A-Za-z0-9._-]{1,128}")
 COMPLEXITIES = ("low", "medium", "high", "maintenance")
 MAX_NAME_LENGTH = 512
 MAX_DESCRIPTION_LENGTH = 20_000
+MAX_PROJECT_LENGTH = 256
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ class Plan:
     name: str
     source_repo: str
     tiers: tuple[TierSpec, ...] = field(default_factory=tuple)
+    # Memory's project key; empty = derived from source_repo (see project.py).
+    project: str = ""
 
     def phases(self) -> list[tuple[TierSpec, PhaseSpec]]:
         """Every phase with its tier, in execution order."""
@@ -113,6 +116,8 @@ def validate_plan(plan: Plan) -> Plan:
     validate_run_id(plan.run_id, "plan.run_id")
     _require_text(plan.name, "plan.name", MAX_NAME_LENGTH)
     _require_text(plan.source_repo, "plan.source_repo", 4096)
+    if len(plan.project) > MAX_PROJECT_LENGTH or not plan.project.isprintable():
+        raise InvalidArgument("plan.project", f"must be at most {MAX_PROJECT_LENGTH} printable characters")
     if not any(tier.phases for tier in plan.tiers):
         raise InvalidArgument("plan.tiers", "at least one phase is required")
     tier_ids: set[str] = set()
@@ -134,7 +139,13 @@ def validate_plan(plan: Plan) -> Plan:
                 raise InvalidArgument(f"{phase_prefix}.phase_id", f"duplicate phase_id {phase.phase_id!r}")
             phase_ids.add(phase.phase_id)
         tiers.append(TierSpec(tier_id=tier.tier_id, name=tier.name, phases=tuple(phases)))
-    return Plan(run_id=plan.run_id, name=plan.name, source_repo=plan.source_repo, tiers=tuple(tiers))
+    return Plan(
+        run_id=plan.run_id,
+        name=plan.name,
+        source_repo=plan.source_repo,
+        tiers=tuple(tiers),
+        project=plan.project.strip(),
+    )
 
 
 def _validate_phase(phase: PhaseSpec, prefix: str) -> PhaseSpec:

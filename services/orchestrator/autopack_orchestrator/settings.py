@@ -12,6 +12,9 @@ class OrchestratorSettings(ServiceSettings):
     context_budget_tokens: int = Field(
         default=12000, gt=0, alias="AUTOPACK_ORCHESTRATOR_CONTEXT_BUDGET_TOKENS"
     )
+    # Context by reference: memory indexes the run's workspace (read through the applier) and
+    # chooses among all of its files; off = only the scoped files are sent as candidates.
+    context_by_reference: bool = Field(default=True, alias="AUTOPACK_ORCHESTRATOR_CONTEXT_BY_REFERENCE")
     build_timeout_seconds: float = Field(
         default=600.0, gt=0, alias="AUTOPACK_ORCHESTRATOR_BUILD_TIMEOUT_SECONDS"
     )

@@ -96,6 +96,8 @@ runs = Table(
     # after the phase ran, so a session taken over finds what finished while nobody watched).
     Column("drain_session", String(128), nullable=True),
     Column("drain_phase", String(128), nullable=True),
+    # The plan's explicit project key for memory; empty = derived from source_repo.
+    Column("project", Text, nullable=False, default=""),
     UniqueConstraint("run_id", name="uq_runs_run_id"),
     Index("ix_runs_state_lease", "state", "lease_expires_at"),
 )
@@ -340,6 +342,7 @@ class RunRecord:
     only_phase: str | None = None
     max_attempts: int | None = None
     phase_deadline: datetime | None = None
+    project: str = ""
 
     def phases(self) -> list[PhaseRecord]:
         """Every phase in execution order."""
@@ -415,6 +418,7 @@ class RunStore:
                         run_id=plan.run_id,
                         name=plan.name,
                         source_repo=plan.source_repo,
+                        project=plan.project,
                         state=State.QUEUED.value,
                         workspace_path="",
                         failure_reason="",
@@ -529,6 +533,7 @@ class RunStore:
                 only_phase=row["only_phase"],
                 max_attempts=row["max_attempts"],
                 phase_deadline=row["phase_deadline"],
+                project=row["project"] or "",
                 usage=_recovery_usage(row),
             )
             for row in rows
