@@ -15,6 +15,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from autopack_common.line_edits import LineSpan, first_conflict, span_order
+
 
 class LineAction(enum.Enum):
     INSERT = "insert"
@@ -92,17 +94,10 @@ def _as_lines(content: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class _Span:
-    """Lines ``start``..``end`` (1-indexed, inclusive) replaced by ``lines``; end = start - 1 inserts."""
+class _Span(LineSpan):
+    """The original lines an edit covers, and the ``lines`` that replace them."""
 
-    index: int
-    start: int
-    end: int
     lines: list[str]
-
-    @property
-    def inserts(self) -> bool:
-        return self.end < self.start
 
 
 def apply_line_edits(original: str, edits: Sequence[LineEdit]) -> str:
@@ -112,20 +107,14 @@ def apply_line_edits(original: str, edits: Sequence[LineEdit]) -> str:
     spans: list[_Span] = []
     for index, edit in enumerate(edits):
         spans.append(_span(index, edit, count))
-    # Inserts sort before a replaced range starting at the same line: an insertion may sit
-    # at a range's first line, not inside it. Every earlier range starts at or before the
-    # current edit, so it overlaps exactly when the furthest earlier range end reaches it.
-    ordered = sorted(spans, key=lambda span: (span.start, not span.inserts, span.index))
-    reach: _Span | None = None
-    for span in ordered:
-        if reach is not None and span.start <= reach.end:
-            first, second = sorted((reach, span), key=lambda item: item.index)
-            raise EditRejected(
-                second.index,
-                f"overlaps edits[{first.index}] (lines {_range(second)} and {_range(first)} of the original file)",
-            )
-        if not span.inserts and (reach is None or span.end > reach.end):
-            reach = span
+    conflict = first_conflict(spans)
+    if conflict is not None:
+        first, second = conflict
+        raise EditRejected(
+            second.index,
+            f"overlaps edits[{first.index}] (lines {_range(second)} and {_range(first)} of the original file)",
+        )
+    ordered = sorted(spans, key=span_order)
     result: list[str] = []
     position = 1  # next original line to copy
     for span in ordered:
@@ -142,7 +131,7 @@ def apply_line_edits(original: str, edits: Sequence[LineEdit]) -> str:
     return "".join(result)
 
 
-def _range(span: _Span) -> str:
+def _range(span: LineSpan) -> str:
     if span.inserts:
         return f"insert before {span.start}"
     return f"{span.start}-{span.end}"

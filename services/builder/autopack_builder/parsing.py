@@ -9,10 +9,11 @@ JSON, because silently dropping files from it would hide a real model error.
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 from dataclasses import dataclass
+
+from autopack_common.line_edits import LineSpan, first_conflict, span_order
 
 from autopack_builder.models import (
     FILE_MODES,
@@ -133,17 +134,23 @@ def _line_edit(parent: str, index: int, item: object) -> LineEditSpec:
 
 
 def line_edit_overlap(edits: tuple[LineEditSpec, ...]) -> str | None:
-    """Why line edits of one file conflict (overlapping ranges, an insert inside a range), or None."""
-    ranges = sorted((e.start_line, e.end_line) for e in edits if e.action in ("replace", "delete"))
-    for (start, end), (next_start, next_end) in itertools.pairwise(ranges):
-        if next_start <= end:
-            return f"lines {start}-{end} and {next_start}-{next_end} overlap"
-    for edit in edits:
-        if edit.action == "insert":
-            for start, end in ranges:
-                if start < edit.start_line <= end:
-                    return f"insert before line {edit.start_line} falls inside lines {start}-{end}"
-    return None
+    """Why line edits of one file conflict (overlapping ranges, an insert inside a range), or None.
+
+    The rule is the applier's (``autopack_common.line_edits``); appends and prepends sit at the
+    file's ends and never conflict, so they are left out (the file's length is not known here).
+    """
+    spans = [
+        LineSpan(index, edit.start_line, edit.end_line if edit.action != "insert" else edit.start_line - 1)
+        for index, edit in enumerate(edits)
+        if edit.action in ("insert", "replace", "delete")
+    ]
+    conflict = first_conflict(spans)
+    if conflict is None:
+        return None
+    first, second = sorted(conflict, key=span_order)  # a range comes before an insert inside it
+    if second.inserts:
+        return f"insert before line {second.start} falls inside lines {first.start}-{first.end}"
+    return f"lines {first.start}-{first.end} and {second.start}-{second.end} overlap"
 
 
 def _search_replace(where: str, item: object) -> SearchReplaceSpec:
