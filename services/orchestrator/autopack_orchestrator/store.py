@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,6 +46,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
 
 from autopack_orchestrator.events import EventBus, EventType, Outcome, RunEvent, State
 from autopack_orchestrator.plan import PhaseSpec, Plan
@@ -623,26 +624,9 @@ class RunStore:
             runs.c.state == State.EXECUTING.value,
             or_(runs.c.lease_expires_at.is_(None), runs.c.lease_expires_at < now),
         )
-        claimed: list[str] = []
+        lease = {"lease_owner": owner, "lease_expires_at": now + timedelta(seconds=lease_seconds)}
         with self.engine.begin() as conn:
-            candidates = list(
-                conn.execute(
-                    select(runs.c.run_id)
-                    .where(claimable)
-                    .order_by(runs.c.id)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                ).scalars()
-            )
-            for run_id in candidates:
-                result = conn.execute(
-                    update(runs)
-                    .where(runs.c.run_id == run_id, claimable)
-                    .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds))
-                )
-                if result.rowcount == 1:
-                    claimed.append(run_id)
-        return claimed
+            return _claim_rows(conn, runs, runs.c.run_id, claimable, lease, limit)
 
     def renew_leases(self, owner: str, lease_seconds: float, run_ids: Collection[str]) -> int:
         """Extend ``owner``'s leases on the EXECUTING runs it is working on; returns how many.
@@ -996,36 +980,25 @@ class RunStore:
     def claim_drain_sessions(self, owner: str, lease_seconds: float) -> list[dict[str, Any]]:
         """Take over EXECUTING sessions whose driving replica stopped renewing their lease.
 
-        Same pattern as ``claim_runs``: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL plus a
-        conditional update, so exactly one replica adopts each orphaned session.
+        The same claim as ``claim_runs`` (``_claim_rows``), so exactly one replica adopts each
+        orphaned session.
         """
         now = self._clock()
         orphaned = and_(
             drain_sessions.c.state == State.EXECUTING.value,
             or_(drain_sessions.c.lease_expires_at.is_(None), drain_sessions.c.lease_expires_at < now),
         )
-        claimed: list[dict[str, Any]] = []
+        lease = {"owner": owner, "lease_expires_at": now + timedelta(seconds=lease_seconds)}
         with self.engine.begin() as conn:
-            candidates = list(
-                conn.execute(
-                    select(drain_sessions.c.session_id)
-                    .where(orphaned)
-                    .order_by(drain_sessions.c.id)
-                    .with_for_update(skip_locked=True)
-                ).scalars()
-            )
-            for session_id in candidates:
-                result = conn.execute(
-                    update(drain_sessions)
-                    .where(drain_sessions.c.session_id == session_id, orphaned)
-                    .values(owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds))
-                )
-                if result.rowcount == 1:
-                    row = conn.execute(
-                        select(drain_sessions).where(drain_sessions.c.session_id == session_id)
-                    ).mappings()
-                    claimed.append(dict(row.one()))
-        return claimed
+            taken = _claim_rows(conn, drain_sessions, drain_sessions.c.session_id, orphaned, lease)
+            if not taken:
+                return []
+            rows = conn.execute(
+                select(drain_sessions)
+                .where(drain_sessions.c.session_id.in_(taken))
+                .order_by(drain_sessions.c.id)
+            ).mappings()
+            return [dict(row) for row in rows]
 
     def drained_phases(self, session_id: str) -> list[tuple[str, str, datetime | None]]:
         """(run_id, phase_id, started_at) of the phases this session queued, executing or not."""
@@ -1176,6 +1149,30 @@ class RunStore:
                 )
                 for row in conn.execute(query).mappings()
             ]
+
+
+def _claim_rows(
+    conn: Connection,
+    table: Table,
+    key: Column[Any],
+    claimable: ColumnElement[bool],
+    lease: Mapping[str, Any],
+    limit: int | None = None,
+) -> list[Any]:
+    """Take the claimable rows of ``table`` by writing ``lease`` on them; returns their keys.
+
+    Candidates are locked with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so racing replicas
+    take different rows instead of queueing behind each other; the update repeats the
+    condition, which makes each claim exact on SQLite too (where the lock is a no-op).
+    """
+    query = select(key).where(claimable).order_by(table.c.id).with_for_update(skip_locked=True)
+    if limit is not None:
+        query = query.limit(limit)
+    claimed = []
+    for value in list(conn.execute(query).scalars()):
+        if conn.execute(update(table).where(key == value, claimable).values(**lease)).rowcount == 1:
+            claimed.append(value)
+    return claimed
 
 
 def _attempt_from_row(row: Any) -> AttemptRecord:
