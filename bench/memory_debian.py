@@ -44,17 +44,20 @@ SUITES = (
 )
 MAX_TREE_FILES = 8_000
 # The vendored selection (``--suite``): Python projects whose Debian packages carry upstream fixes.
+# Chosen from ~80 candidates: upstream patches that the mirror serves, that apply and have a message,
+# trees of 100+ files, smallest datasets first to stay near 6 MB. keystone (12 tasks, 2.2 MB), swift (14,
+# 3.2 MB), ironic (12, 4.2 MB), pillow (6, 1.4 MB), mercurial (10, 6.6 MB) and python-django (33, 12.9 MB)
+# build too (``python -m bench.memory_debian <dir> keystone swift``) for ``AUTOPACK_BENCH_HISTORY``.
 SUITE_PACKAGES = (
+    "starlette",
     "jinja2",
-    "python-werkzeug",
     "python-urllib3",
+    "python-authlib",
     "python-tornado",
-    "twisted",
-    "python-aiohttp",
-    "pillow",
-    "paramiko",
-    "python-markdown",
-    "celery",
+    "python-cryptography",
+    "tryton-server",
+    "designate",
+    "lxml",
 )
 
 _TRAILER_KEYS = {
@@ -72,10 +75,25 @@ _PACKAGING = re.compile(
     r"objects\.inv|intersphinx|privacy|network access|needs? (the )?network|requir\w* (the )?network"
     r"|internet|\bdebian\b|lintian|reproducib|embedded cop|system (copy|librar)|\bdfsg\b"
     r"|(skip|disable)\w* (some |a |the |flaky |failing )?tests?\b|\bsphinx\b|shebang|install path"
-    r"|use (the )?system|\bbuild[- ]?system\b|remove (google|github|travis|badges?)|mathjax|fonts?\b",
+    r"|use (the )?system|\bbuild[- ]?system\b|remove (google|github|travis|badges?)|mathjax|fonts?\b"
+    r"|\b(ease|relax|bump|allow)\b.*\b(version|dependency)",
     re.IGNORECASE,
 )
-_PACKAGING_FILES = {"setup.py", "setup.cfg", "pyproject.toml", "MANIFEST.in", "tox.ini", "Makefile"}
+# Without upstream evidence, a message naming the distribution or its ports is a Debian change.
+_DISTRIBUTION = re.compile(
+    r"\bdebian\b|debconf|\bhurd\b|kfreebsd|pkg_resources|(already|package) installed|buildd|autopkgtest",
+    re.IGNORECASE,
+)
+_PACKAGING_FILES = {
+    "setup.py", "setup.cfg", "pyproject.toml", "MANIFEST.in", "tox.ini", "Makefile", "Cargo.toml", "Cargo.lock",
+    "requirements.txt", "test-requirements.txt", "requirements-dev.txt",
+}  # fmt: skip
+# A message that says nothing about the change (GitHub's security-advisory merges, a bare CVE id)
+# cannot be a task's text: such patches are counted and left out.
+_UNINFORMATIVE = re.compile(
+    r"(Merge (commit|pull request|branch)\b[^\n]*|(Fix(es)? )?CVE-\d+-\d+[.:]?|Backport GHSA-[\w-]+)",
+    re.IGNORECASE,
+)
 
 
 @dataclass
@@ -94,6 +112,7 @@ class Counts:
     failed: int = 0
     packaging: int = 0
     no_modified: int = 0
+    uninformative: int = 0
     tasks: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -200,6 +219,10 @@ def parse_patch(text: str) -> PatchInfo:
         if match and len(match.group(1)) == 40:
             upstream_sha = match.group(1)
             break
+    if upstream_sha is None and format_patch:
+        upstream_sha = header[0].split()[
+            1
+        ]  # the mail's commit (a cherry-pick's own id when exported by gbp pq)
     upstream = bool(
         re.search(r"^Origin:\s*(upstream|backport)", joined, re.IGNORECASE | re.MULTILINE)
         or re.search(r"^Applied-Upstream:", joined, re.IGNORECASE | re.MULTILINE)
@@ -241,13 +264,24 @@ def parse_patch(text: str) -> PatchInfo:
 
 
 def _message(subject: str, body: list[str]) -> str:
-    kept = []
+    subject = re.sub(r"^(\[[^\]]*PATCH[^\]]*\]\s*)+", "", subject.strip())
+    kept: list[str] = []
+    skipping = False
     for line in body:
         match = _TRAILER.match(line.strip())
-        if match and (match.group(1).lower() in _TRAILER_KEYS or match.group(1).lower().startswith("x-")):
+        key = match.group(1).lower() if match else ""
+        if match and (key in _TRAILER_KEYS or key.startswith(("x-", "bug-"))):
             continue
         if _CHERRY.search(line) or line.startswith("(cherry picked"):
             continue
+        if re.match(r"^(Backported|Rebased|Refreshed)( by)?:", line.strip(), re.IGNORECASE):
+            skipping = True  # a backporter's note and its list of context changes, not the change's message
+            continue
+        if skipping and (
+            not line.strip() or line.lstrip().startswith(("-", "*")) or line.strip() == "Changes:"
+        ):
+            continue
+        skipping = False
         kept.append(line.rstrip())
     text = "\n".join([subject.strip(), "", *kept]).strip()
     return re.sub(r"\n{3,}", "\n\n", text)
@@ -274,7 +308,21 @@ def is_packaging(info: PatchInfo, name: str, paths: list[str]) -> bool:
     if all(p.split("/")[-1] in _PACKAGING_FILES or p.startswith(("doc/", "docs/")) for p in real):
         return True
     first = info.message.split("\n", 1)[0]
-    return bool(_PACKAGING.search(first) or _PACKAGING.search(name))
+    if _PACKAGING.search(first) or _PACKAGING.search(name):
+        return True
+    if info.upstream:
+        return False
+    # No upstream evidence: distribution words anywhere, or a change to tests only (Debian's test tweaks).
+    return bool(_DISTRIBUTION.search(info.message)) or all(_is_test(p) for p in real)
+
+
+def _is_test(path: str) -> bool:
+    parts = path.split("/")
+    return (
+        any(part in ("test", "tests", "testing") for part in parts[:-1])
+        or parts[-1].startswith(("test_", "conftest"))
+        or parts[-1].endswith("_test.py")
+    )
 
 
 # ---------------------------------------------------------------- tree walking
@@ -363,8 +411,11 @@ def tasks_from_tree(
                 after[rel] = sha
         files = after
         info = parse_patch(raw)
-        if is_packaging(info, name, touched) or not info.message:
+        if is_packaging(info, name, touched):
             counts.packaging += 1
+            continue
+        if not info.message or _UNINFORMATIVE.fullmatch(info.message.strip()):
+            counts.uninformative += 1
             continue
         modified = sorted(p for p in touched if p in before and p in after and before[p] != after[p])
         if not modified:
@@ -474,7 +525,8 @@ def main(argv: list[str]) -> int:
         write(data, target)
         print(
             f"{package}: {counts.notes[0]}; {counts.patches} patches, {counts.failed} failed to apply, "
-            f"{counts.packaging} packaging, {counts.no_modified} no modified text file -> {counts.tasks} tasks; "
+            f"{counts.packaging} packaging, {counts.uninformative} uninformative message, "
+            f"{counts.no_modified} no modified text file -> {counts.tasks} tasks; "
             f"{median} files per tree; {len(data['blobs'])} blobs; {target.stat().st_size} bytes"  # type: ignore[arg-type]
         )
     return 0
