@@ -45,6 +45,8 @@ import numpy as np
 from bench import Section
 
 DATA = Path(__file__).resolve().parent / "data" / "autopack_history.json.gz"
+DEBIAN = Path(__file__).resolve().parent / "data" / "debian"
+QUICK_TASKS_PER_DATASET = 3
 BUDGETS = (8_000, 16_000, 32_000)
 RANDOM_SEEDS = 5
 LATENCY_FILES = 100
@@ -119,23 +121,34 @@ def _recall(kept: set[str], task: Task) -> float:
     return len(kept & task.modified) / len(task.modified)
 
 
-def recall_section(quick: bool) -> Section:
-    from autopack_memory.selection import Candidate, ContextSelector
+def datasets() -> list[Path]:
+    """``AUTOPACK_BENCH_HISTORY`` (colon-separated files), else the own history and every Debian dataset."""
+    listed = os.environ.get("AUTOPACK_BENCH_HISTORY")
+    if listed:
+        return [Path(part) for part in listed.split(":") if part]
+    return [DATA, *sorted(DEBIAN.glob("*.json.gz"))]
 
-    source_path = Path(os.environ.get("AUTOPACK_BENCH_HISTORY", DATA))
-    source, tasks = load_tasks(source_path)
-    if quick:
-        tasks = tasks[-12:]
-    scratch = tempfile.TemporaryDirectory()
-    embedder = _embedder(_cache_engine(Path(scratch.name) / "cache.db"))
-    selectors: dict[str, ContextSelector] = {"memory lexical": ContextSelector(None)}
-    if embedder is not None:
-        selectors["memory hybrid"] = ContextSelector(embedder, max_embeddings_per_call=-1)
-    # results[method][budget] -> list of (held_out, recall)
-    results: dict[str, dict[int, list[tuple[bool, float]]]] = {}
+
+def subsample(tasks: list[Task], limit: int) -> list[Task]:
+    """At most ``limit`` tasks, the same ones every run (lowest commit ids), in dataset order."""
+    if len(tasks) <= limit:
+        return tasks
+    chosen = {task.commit for task in sorted(tasks, key=lambda t: t.commit)[:limit]}
+    return [task for task in tasks if task.commit in chosen]
+
+
+# results[method][budget] -> list of (held_out, recall)
+Results = dict[str, dict[int, list[tuple[bool, float]]]]
+
+
+def measure(tasks: Sequence[Task], selectors: dict[str, object]) -> Results:
+    """Recall of BM25, random and every selector on every task at every budget."""
+    results: Results = {}
 
     def add(method: str, budget: int, task: Task, value: float) -> None:
         results.setdefault(method, {}).setdefault(budget, []).append((task.held_out, value))
+
+    from autopack_memory.selection import Candidate
 
     for task in tasks:
         baseline = bm25_baseline(task)
@@ -149,16 +162,39 @@ def recall_section(quick: bool) -> Section:
                 randoms.append(_recall(greedy(task.paths, task.contents, scores, budget), task))
             add("random", budget, task, statistics.fmean(randoms))
             for name, selector in selectors.items():
-                selection = selector.select(task.message, candidates, budget)
+                selection = selector.select(task.message, candidates, budget)  # type: ignore[attr-defined]
                 add(name, budget, task, _recall({choice.path for choice in selection.kept}, task))
             # The outline trade-off: 10% of the budget held back for outlines of files too big to keep.
             name, selector = list(selectors.items())[-1]
-            selection = selector.select(task.message, candidates, budget, outline_share=OUTLINE_SHARE)
+            selection = selector.select(task.message, candidates, budget, outline_share=OUTLINE_SHARE)  # type: ignore[attr-defined]
             kept = {choice.path for choice in selection.kept}
             outlined = {choice.path for choice in selection.summarized}
             add(f"{name}, 10% outlines (kept)", budget, task, _recall(kept, task))
             add(f"{name}, 10% outlines (kept+outlines)", budget, task, _recall(kept | outlined, task))
+    return results
 
+
+def _ratios(values: Sequence[float], bases: Sequence[float]) -> list[float]:
+    return [value / base if base else float("nan") for value, base in zip(values, bases, strict=True)]
+
+
+def recall_section(quick: bool) -> list[Section]:
+    from autopack_memory.selection import ContextSelector
+
+    scratch = tempfile.TemporaryDirectory()
+    embedder = _embedder(_cache_engine(Path(scratch.name) / "cache.db"))
+    selectors: dict[str, object] = {"memory lexical": ContextSelector(None)}
+    if embedder is not None:
+        selectors["memory hybrid"] = ContextSelector(embedder, max_embeddings_per_call=-1)
+    measured: list[tuple[str, list[Task], Results]] = []
+    for path in datasets():
+        source, tasks = load_tasks(path)
+        if quick:
+            tasks = tasks[-12:] if not measured else subsample(tasks, QUICK_TASKS_PER_DATASET)
+        measured.append((source, tasks, measure(tasks, selectors)))
+    scratch.cleanup()
+
+    source, tasks, results = measured[0]
     section = Section(
         title=f"Memory: context recall on {len(tasks)} real commits of {source} (message -> modified files)",
         columns=[
@@ -175,10 +211,7 @@ def recall_section(quick: bool) -> Section:
         }
         count = sum(1 for task in tasks if keep(task.held_out))
         for method, values in means.items():
-            ratios = [
-                value / base if base else float("nan")
-                for value, base in zip(values, means["BM25"], strict=True)
-            ]
+            ratios = _ratios(values, means["BM25"])
             section.rows.append(
                 [method, f"{split} ({count})", *(f"{v:.3f}" for v in values), *(f"{r:.2f}" for r in ratios)]
             )
@@ -189,7 +222,96 @@ def recall_section(quick: bool) -> Section:
     )
     if embedder is None:
         section.notes.append("hybrid rows missing: the MiniLM model could not be loaded")
-    scratch.cleanup()
+    sections = [section]
+    if len(measured) > 1:
+        sections.append(_repositories_section(measured))
+    return sections
+
+
+def _repositories_section(measured: list[tuple[str, list[Task], Results]]) -> Section:
+    """Per-repository rows, the pooled mean over every task, and the macro mean of per-repository ratios."""
+    total = sum(len(tasks) for _source, tasks, _results in measured)
+    section = Section(
+        title=f"Memory: context recall per repository ({len(measured)} repositories, {total} tasks)",
+        columns=[
+            "method",
+            "repository (tasks, median files)",
+            *(f"recall@{b // 1000}k" for b in BUDGETS),
+            *(f"x BM25 @{b // 1000}k" for b in BUDGETS),
+        ],
+    )
+    methods = [m for m in measured[0][2] if "outlines" not in m]
+    per_repo: dict[str, list[list[float]]] = {m: [] for m in methods}
+    for source, tasks, results in measured:
+        files = statistics.median(len(task.paths) for task in tasks)
+        base = [statistics.fmean(v for _h, v in results["BM25"][b]) for b in BUDGETS]
+        for method in methods:
+            values = [statistics.fmean(v for _h, v in results[method][b]) for b in BUDGETS]
+            ratios = _ratios(values, base)
+            per_repo[method].append(ratios)
+            section.rows.append(
+                [
+                    method,
+                    f"{source} ({len(tasks)}, {files:.0f})",
+                    *(f"{v:.3f}" for v in values),
+                    *(f"{r:.2f}" for r in ratios),
+                ]
+            )
+    pooled_base = [
+        statistics.fmean(v for _s, _t, results in measured for _h, v in results["BM25"][b]) for b in BUDGETS
+    ]
+    for method in methods:
+        pooled = [
+            statistics.fmean(v for _s, _t, results in measured for _h, v in results[method][b])
+            for b in BUDGETS
+        ]
+        section.rows.append(
+            [
+                method,
+                f"pooled ({total})",
+                *(f"{v:.3f}" for v in pooled),
+                *(f"{r:.2f}" for r in _ratios(pooled, pooled_base)),
+            ]
+        )
+    repo_means = {
+        method: [
+            [statistics.fmean(v for _h, v in results[method][b]) for b in BUDGETS]
+            for _s, _t, results in measured
+        ]
+        for method in methods
+    }
+    macro_base = [statistics.fmean(row[i] for row in repo_means["BM25"]) for i in range(len(BUDGETS))]
+    for method in methods:
+        macro_recall = [statistics.fmean(row[i] for row in repo_means[method]) for i in range(len(BUDGETS))]
+        section.rows.append(
+            [
+                method,
+                f"macro mean of recalls ({len(measured)})",
+                *(f"{v:.3f}" for v in macro_recall),
+                *(f"{r:.2f}" for r in _ratios(macro_recall, macro_base)),
+            ]
+        )
+    for method in methods:
+        macro = []
+        for index in range(len(BUDGETS)):
+            finite = [ratios[index] for ratios in per_repo[method] if ratios[index] == ratios[index]]
+            macro.append(statistics.fmean(finite) if finite else float("nan"))
+        section.rows.append(
+            [
+                method,
+                f"macro mean of ratios ({len(measured)})",
+                *("" for _ in BUDGETS),
+                *(f"{r:.2f}" for r in macro),
+            ]
+        )
+    section.notes.append(
+        "Repositories other than this one come from Debian source packages' upstream patches "
+        "(bench/memory_debian.py): each patch's message is the task, the files it modified are what had to "
+        "be in context, every text file of the tree before it is a candidate. pooled = mean over all tasks; "
+        "macro mean of recalls = every repository weighs the same; macro mean of ratios = mean over repositories "
+        "of method/BM25 (repositories where BM25 recalls nothing are left out; with 3-8 tasks per repository a "
+        "BM25 recall near 0 makes single ratios large, so read it with the recalls)."
+    )
     return section
 
 
@@ -239,7 +361,7 @@ def latency_section(quick: bool) -> Section:
     from autopack_memory.store import WorkspaceIndex
     from autopack_memory.vectors import VectorStore
 
-    _source, tasks = load_tasks(Path(os.environ.get("AUTOPACK_BENCH_HISTORY", DATA)))
+    _source, tasks = load_tasks(datasets()[0])
     snapshot = tasks[-1]
     rng = random.Random(11)
     indices = sorted(rng.sample(range(len(snapshot.paths)), min(LATENCY_FILES, len(snapshot.paths))))
@@ -324,7 +446,7 @@ def latency_section(quick: bool) -> Section:
 
 
 def run(quick: bool = False) -> list[Section]:
-    return [recall_section(quick), latency_section(quick)]
+    return [*recall_section(quick), latency_section(quick)]
 
 
 if __name__ == "__main__":
