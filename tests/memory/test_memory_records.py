@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 from autopack_common.database import create_db_engine, upgrade_schema
 from autopack_common.errors import InvalidArgument
 from autopack_memory.embedding import CachingEmbedder
-from autopack_memory.records import DEFAULT_TTL_SECONDS, ProjectMemory, RecordKind, collection_of, record_id
+from autopack_memory.records import (
+    DEFAULT_TTL_SECONDS,
+    PeriodicPruner,
+    ProjectMemory,
+    RecordKind,
+    collection_of,
+    record_id,
+)
 from autopack_memory.store import RecordStore
 from autopack_memory.vectors import VectorStore
 from sqlalchemy import Engine
@@ -66,6 +74,29 @@ def test_a_later_run_of_the_same_project_recalls_an_earlier_runs_fix(memory: Pro
     only_summaries = memory.recall("github.com/acme/shop", "checkout", [RecordKind.RUN_SUMMARY])
     assert [hit.record.kind for hit in only_summaries.hits] == ["run_summary"]
     assert memory.recall("github.com/acme/shop", "ImportError", exclude_run_id="run-1").hits == []
+
+
+def test_the_periodic_pruner_deletes_records_as_they_expire_and_stops_promptly(
+    memory: ProjectMemory, vectors: VectorStore, clock: Clock
+) -> None:
+    memory.remember("p", RecordKind.TASK_OUTCOME, "short lived outcome", ttl_seconds=60)
+    kept = memory.remember("p", RecordKind.TASK_OUTCOME, "long lived outcome")
+    pruner = PeriodicPruner(memory, interval_seconds=0.05)
+    pruner.start()
+    try:
+        clock.now += 61
+        deadline = time.monotonic() + 10
+        while vectors.count(collection_of(RecordKind.TASK_OUTCOME)) > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        started = time.monotonic()
+        pruner.stop()
+    assert time.monotonic() - started < 2
+    assert pruner.runs >= 1
+    assert vectors.count(collection_of(RecordKind.TASK_OUTCOME)) == 1
+    assert [hit.record.id for hit in memory.recall("p", "outcome", limit=10).hits] == [kept.id]
+    with pytest.raises(ValueError):
+        PeriodicPruner(memory, interval_seconds=0)
 
 
 def test_ids_derive_from_content_so_the_same_lesson_is_one_record(

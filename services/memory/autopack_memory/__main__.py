@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from autopack_memory.drift import DriftDetector
 from autopack_memory.embedding import CachingEmbedder, Embedder, LocalEmbedder, OpenAIEmbedder
 from autopack_memory.memory import Memory
-from autopack_memory.records import ProjectMemory
+from autopack_memory.records import PeriodicPruner, ProjectMemory
 from autopack_memory.selection import ContextSelector
 from autopack_memory.service import MemoryServicer, memory_binding
 from autopack_memory.settings import MemorySettings
@@ -67,8 +67,9 @@ def build_memory(settings: MemorySettings, engine: Engine, embedder: Embedder | 
 def build(settings: MemorySettings) -> tuple[Sequence[ServiceBinding], Sequence[Callable[[], None]]]:
     """Servicer and closers for ``run_service``: schema first, then model, then Qdrant.
 
-    Expired project records are pruned once at start-up (``Prune`` does it on demand), so a
-    long-lived database does not grow with records nobody can recall any more.
+    Expired project records are pruned at start-up and then every
+    ``prune_interval_seconds`` (``Prune`` does it on demand), so a long-lived database does not
+    grow with records nobody can recall any more.
     """
     engine = create_db_engine(settings.resolved_database_url("memory"))
     upgrade_schema(engine, "autopack_memory.migrations", "alembic_version_memory")
@@ -76,7 +77,12 @@ def build(settings: MemorySettings) -> tuple[Sequence[ServiceBinding], Sequence[
     pruned = memory.records.prune()
     if pruned:
         log.info("pruned %d expired project record(s)", pruned)
-    return [memory_binding(MemoryServicer(memory))], [memory.close, engine.dispose]
+    closers: list[Callable[[], None]] = [memory.close, engine.dispose]
+    if settings.prune_interval_seconds > 0:
+        pruner = PeriodicPruner(memory.records, settings.prune_interval_seconds)
+        pruner.start()
+        closers.insert(0, pruner.stop)
+    return [memory_binding(MemoryServicer(memory))], closers
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -211,3 +212,39 @@ class ProjectMemory:
             except VectorStoreDown as error:  # recall reads the table, so a stale vector is never returned
                 log.warning("expired vectors of %d record(s) left in Qdrant: %s", len(ids), error)
         return len(expired)
+
+
+class PeriodicPruner:
+    """Prunes expired records every ``interval_seconds`` on a daemon thread, so a long-lived
+    service does not need a CronJob calling ``Prune`` for its database to stop growing.
+
+    A failing prune is logged and retried at the next tick; ``stop`` ends the thread promptly.
+    """
+
+    def __init__(self, records: ProjectMemory, interval_seconds: float) -> None:
+        if interval_seconds <= 0:
+            raise ValueError("interval_seconds must be positive")
+        self._records = records
+        self._interval = interval_seconds
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="prune-records", daemon=True)
+        self.runs = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval):
+            try:
+                pruned = self._records.prune()
+            except Exception:  # the database may be briefly unavailable; the next tick retries
+                log.exception("pruning expired project records failed")
+                continue
+            self.runs += 1
+            if pruned:
+                log.info("pruned %d expired project record(s)", pruned)

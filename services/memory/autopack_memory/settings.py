@@ -24,7 +24,8 @@ class MemorySettings(ServiceSettings):
     piece (function, section) used for ranking. Drift: a change summary whose cosine with the
     run's intention is below ``AUTOPACK_MEMORY_DRIFT_THRESHOLD`` (0.5) has drifted;
     ``AUTOPACK_MEMORY_DRIFT_MODE`` ``advisory`` (default) reports it, ``blocking`` asks the
-    caller to stop.
+    caller to stop. Expired project records are pruned at start-up and then every
+    ``AUTOPACK_MEMORY_PRUNE_INTERVAL_SECONDS`` (3600; ``0`` = only at start-up).
     """
 
     embeddings: EmbeddingsKind = Field(default="local", alias="AUTOPACK_MEMORY_EMBEDDINGS")
@@ -37,6 +38,9 @@ class MemorySettings(ServiceSettings):
     chunk_chars: int = Field(default=1200, ge=100, alias="AUTOPACK_MEMORY_CHUNK_CHARS")
     drift_threshold: float = Field(default=0.5, ge=-1.0, le=1.0, alias="AUTOPACK_MEMORY_DRIFT_THRESHOLD")
     drift_mode: DriftMode = Field(default=DriftMode.ADVISORY, alias="AUTOPACK_MEMORY_DRIFT_MODE")
+    prune_interval_seconds: float = Field(
+        default=3600.0, ge=0.0, alias="AUTOPACK_MEMORY_PRUNE_INTERVAL_SECONDS"
+    )
 
     @field_validator("embeddings", "drift_mode", mode="before")
     @classmethod
