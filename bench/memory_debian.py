@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.memory_history import MAX_FILE_BYTES, TEXT_PROBE_BYTES
+from bench.memory_history import text_of
 
 CACHE = Path.home() / ".cache" / "autopack-bench" / "debian"
 MIRROR = "http://deb.debian.org/debian"
@@ -332,22 +332,13 @@ def _blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def _text(data: bytes) -> str | None:
-    if len(data) > MAX_FILE_BYTES or b"\0" in data[:TEXT_PROBE_BYTES]:
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
 def _read(root: Path, rel: str, blobs: dict[str, str]) -> str | None:
     """The blob id of a text file (stored in ``blobs``), or None for binary/missing files."""
     path = root / rel
     if path.is_symlink() or not path.is_file():
         return None
     data = path.read_bytes()
-    text = _text(data)
+    text = text_of(data)
     if text is None:
         return None
     sha = _blob_id(data)

@@ -24,17 +24,22 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
 
 
-def _blob_text(repo: Path, sha: str) -> str | None:
-    """The blob's text, or None for binary, non-UTF-8 or oversized blobs."""
-    data = subprocess.run(
-        ["git", "-C", str(repo), "cat-file", "blob", sha], check=True, capture_output=True
-    ).stdout
+def text_of(data: bytes) -> str | None:
+    """A file's text, or None for binary, non-UTF-8 or oversized files (the datasets' one rule)."""
     if len(data) > MAX_FILE_BYTES or b"\0" in data[:TEXT_PROBE_BYTES]:
         return None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+def _blob_text(repo: Path, sha: str) -> str | None:
+    """The blob's text, or None when ``text_of`` leaves it out."""
+    data = subprocess.run(
+        ["git", "-C", str(repo), "cat-file", "blob", sha], check=True, capture_output=True
+    ).stdout
+    return text_of(data)
 
 
 def build(repo: Path) -> dict[str, object]:
