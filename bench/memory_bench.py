@@ -353,6 +353,7 @@ def latency_section(quick: bool) -> Section:
     """SelectContext p50/p95 over a real channel: cold (fresh state per call) and warm."""
     import grpc
     from autopack.memory.v1 import memory_pb2, memory_pb2_grpc
+    from autopack_common.content import text_sha256
     from autopack_common.server import create_server
     from autopack_memory.memory import Memory
     from autopack_memory.ranking import identifier_terms
@@ -406,7 +407,9 @@ def latency_section(quick: bool) -> Section:
                         stub.Search(memory_pb2.SearchRequest(collection="warmup", query="x"), timeout=30)
                         if indexed:
                             files = [
-                                memory_pb2.WorkspaceFile(path=c.path, content=c.content)
+                                memory_pb2.WorkspaceFile(
+                                    path=c.path, content_sha256=text_sha256(c.content), content=c.content
+                                )
                                 for c in request.candidates
                             ]
                             stub.IndexWorkspace(

@@ -14,9 +14,10 @@ from autopack_builder.formats import (
     parse_unified_diff,
 )
 from autopack_builder.models import FileOp, LineEditSpec, SearchReplaceSpec, UnifiedDiffSpec
-from autopack_builder.normalize import Workspace, normalize_operations, sha256_hex
+from autopack_builder.normalize import Workspace, normalize_operations
 from autopack_builder.parsing import OutputFormatError, parse_build_output
 from autopack_builder.prompt import build_system_prompt
+from autopack_common.content import text_sha256
 
 # --- NDJSON ------------------------------------------------------------------------------
 
@@ -299,7 +300,7 @@ def test_line_edits_beyond_the_known_file_are_rejected_and_known_files_get_their
     ok = parse_build_output(_edits({"action": "insert", "start_line": 4, "content": "d\n"})).operations
 
     [op], notes = normalize_operations(ok, workspace)
-    assert op.base_sha256 == sha256_hex(content) and notes == ()
+    assert op.base_sha256 == text_sha256(content) and notes == ()
 
     too_far = parse_build_output(_edits({"action": "delete", "start_line": 2, "end_line": 4})).operations
     with pytest.raises(OutputFormatError, match="has 3 line"):

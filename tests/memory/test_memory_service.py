@@ -9,6 +9,7 @@ import grpc
 import pytest
 from autopack.memory.v1 import memory_pb2, memory_pb2_grpc
 from autopack_common.clients import open_channel
+from autopack_common.content import EMPTY_TEXT_SHA256
 from autopack_common.database import create_db_engine
 from autopack_common.server import RunningServer, create_server
 from autopack_memory.__main__ import build_memory
@@ -298,6 +299,16 @@ def test_index_workspace_then_select_context_by_reference(stub) -> None:  # type
         memory_pb2.IndexWorkspaceRequest(workspace="ws-1", files=[memory_pb2.WorkspaceFile(path="a.py")]),
         "files[0].content_sha256",
     )
+    # An empty file (proto3 cannot tell empty content from none) is sent with the empty text's
+    # hash; the refused request above changed nothing.
+    empty = stub.IndexWorkspace(
+        memory_pb2.IndexWorkspaceRequest(
+            workspace="ws-1",
+            files=[memory_pb2.WorkspaceFile(path="etl/__init__.py", content_sha256=EMPTY_TEXT_SHA256)],
+        ),
+        timeout=TIMEOUT,
+    )
+    assert (empty.files, empty.updated, empty.needs_content) == (4, 1, [])
 
 
 def test_remember_recall_prune_across_runs(stub) -> None:  # type: ignore[no-untyped-def]

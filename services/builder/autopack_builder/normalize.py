@@ -17,9 +17,10 @@ refuses them if the file changed since) and line edits are checked against its l
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+
+from autopack_common.content import text_sha256
 
 from autopack_builder.models import BuildTask, FileOp, LineEditSpec, SearchReplaceSpec
 from autopack_builder.parsing import OutputFormatError
@@ -44,10 +45,6 @@ class Workspace:
         if path in self.files:
             return True
         return False if self.listing_given else None
-
-
-def sha256_hex(content: str) -> str:
-    return hashlib.sha256(content.encode("utf-8")).hexdigest()
 
 
 def _line_count(content: str) -> int:
@@ -76,7 +73,7 @@ def normalize_operations(
                 notes.append(f"{op.path}: edit of a missing file with an empty SEARCH -> create")
             elif content is not None:
                 _check_line_edits(index, op, _line_count(content))
-                op = replace(op, base_sha256=sha256_hex(content))
+                op = replace(op, base_sha256=text_sha256(content))
         result.append(op)
     return tuple(result), tuple(notes)
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from autopack_common.content import EMPTY_TEXT_SHA256
 from autopack_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 from autopack_memory.drift import DriftDetector
@@ -301,10 +302,11 @@ class Memory:
                 entries.append((path, actual, content))
             elif len(sha) == 64 and set(sha) <= _SHA256_HEX:
                 # The empty file's hash is always known: it is the empty content.
-                entries.append((path, sha, "" if sha == content_sha256("") else None))
+                entries.append((path, sha, "" if sha == EMPTY_TEXT_SHA256 else None))
             else:
                 raise InvalidArgument(
-                    f"files[{index}].content_sha256", "required (64 hex digits) without content"
+                    f"files[{index}].content_sha256",
+                    f"required (64 hex digits) without content; an empty file's is {EMPTY_TEXT_SHA256}",
                 )
         change = self._workspaces.update(workspace, entries, replace)
         waiting = set(change.needs_content)

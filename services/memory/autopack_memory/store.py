@@ -8,12 +8,12 @@ and PostgreSQL (bytea) both store compactly.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from autopack_common.content import text_sha256
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -88,9 +88,8 @@ memory_records = Table(
 _LOOKUP_BATCH = 500
 
 
-def content_sha256(text: str) -> str:
-    """The cache key of a text: hex sha256 of its UTF-8 bytes."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+# The cache key of a text is its wire content hash.
+content_sha256 = text_sha256
 
 
 class EmbeddingCache:

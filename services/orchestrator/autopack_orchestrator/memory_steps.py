@@ -16,7 +16,6 @@ weakens later context, it never fails a phase.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from autopack.applier.v1 import applier_pb2
 from autopack.builder.v1 import builder_pb2
 from autopack.common.v1 import common_pb2
 from autopack.memory.v1 import memory_pb2
+from autopack_common.content import text_sha256
 
 from autopack_orchestrator.events import EventType, State
 from autopack_orchestrator.plan import PhaseSpec
@@ -53,10 +53,6 @@ class PhaseOutcome:
 
 def _utf8(text: str, limit: int = MAX_NOTE_BYTES) -> str:
     return text.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _kind_name(kind: int) -> str:
@@ -111,7 +107,7 @@ def project_records(run: RunRecord, outcome: PhaseOutcome) -> list[memory_pb2.Pr
                 record(
                     memory_pb2.RECORD_KIND_ERROR_PATTERN,
                     f"Failure {failure.fingerprint} in '{spec.description}' was fixed by {fix}{changed}",
-                    fingerprint=_sha256(failure.fingerprint)[:16],
+                    fingerprint=text_sha256(failure.fingerprint)[:16],
                 )
             )
     decisions = [f"mitigation {item.get('pattern')}: {item.get('description')}" for item in phase.mitigations]
@@ -194,7 +190,7 @@ class MemorySteps:
                     workspace=workspace,
                     replace=True,
                     files=[
-                        memory_pb2.WorkspaceFile(path=p, content_sha256=_sha256(c))
+                        memory_pb2.WorkspaceFile(path=p, content_sha256=text_sha256(c))
                         for p, c in by_path.items()
                     ],
                 ),
@@ -208,7 +204,7 @@ class MemorySteps:
                         workspace=workspace,
                         files=[
                             memory_pb2.WorkspaceFile(
-                                path=p, content_sha256=_sha256(by_path[p]), content=by_path[p]
+                                path=p, content_sha256=text_sha256(by_path[p]), content=by_path[p]
                             )
                             for p in response.needs_content
                             if p in by_path
