@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -114,6 +115,18 @@ def test_a_phase_end_to_end(stub: applier_pb2_grpc.ApplierServiceStub, source: P
     )
     assert [item.path for item in read.files] == ["calc.py", "tests/test_calc.py"]
     assert read.files[0].line_count == 2 and list(read.missing) == ["nope.py"]
+    hashes = stub.ReadFiles(
+        applier_pb2.ReadFilesRequest(run_id="run-1", paths=["calc.py", "tests/"], hashes_only=True),
+        timeout=TIMEOUT,
+    )
+    assert [(f.path, f.content, f.line_count) for f in hashes.files] == [
+        (f.path, "", f.line_count) for f in read.files
+    ]
+    assert (
+        [f.content_sha256 for f in hashes.files]
+        == [f.content_sha256 for f in read.files]
+        == [hashlib.sha256(f.content.encode()).hexdigest() for f in read.files]
+    )
 
     applied = stub.Apply(
         apply_request(

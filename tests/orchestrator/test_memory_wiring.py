@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+from autopack.applier.v1 import applier_pb2
 from autopack.builder.v1 import builder_pb2_grpc
 from autopack.common.v1 import common_pb2
 from autopack.memory.v1 import memory_pb2, memory_pb2_grpc
@@ -40,7 +41,7 @@ from autopack_memory.service import MemoryServicer, memory_binding
 from autopack_memory.settings import MemorySettings
 from autopack_orchestrator.clients import ServiceClients
 from autopack_orchestrator.events import Outcome, State
-from autopack_orchestrator.memory_steps import PhaseOutcome, project_records
+from autopack_orchestrator.memory_steps import MemorySteps, PhaseOutcome, _batches, project_records
 from autopack_orchestrator.plan import validate_plan
 from autopack_orchestrator.project import normalise_remote, project_key
 from autopack_orchestrator.service import Orchestrator, create_orchestrator
@@ -379,6 +380,54 @@ def test_a_later_run_of_the_same_repository_is_told_what_the_first_one_learned(
     assert "Earlier run summary (run mem-first, phase p1): Phase p1 COMPLETE after 2 attempt(s)" in prompt
     assert "Earlier error pattern (run mem-first, phase p1): Failure APPLY_REJECTED|" in prompt
     assert "was fixed by scope_mismatch: Write ONLY these paths: src/" in prompt
+
+
+def test_reindexing_after_a_change_reads_only_what_memory_does_not_hold(stack: Stack) -> None:
+    """The applier lists hashes; only contents memory lacks are read from it and sent."""
+    clients = ServiceClients(stack.addresses)
+    reads: list[tuple[list[str], bool]] = []
+
+    def call(service: str, method: str, function: Any, request: Any, timeout: float) -> Any:
+        if method == "ReadFiles":
+            reads.append((list(request.paths), request.hashes_only))
+        return function(request, timeout=timeout)
+
+    settings = OrchestratorSettings(database_url="sqlite://", rpc_timeout_seconds=20)
+    steps = MemorySteps(clients, settings, None, call, grpc.RpcError)  # type: ignore[arg-type]
+    prepared = clients.applier.PrepareWorkspace(
+        applier_pb2.PrepareWorkspaceRequest(run_id="idx-1", source_repo=str(stack.source_repo)), timeout=20
+    )
+    first = steps.index_workspace("idx-1", "ws-idx-1")
+    assert first.startswith("memory: workspace indexed, 3 file(s): 3 new or changed, 0 removed")
+    assert reads[0] == (["./"], True)
+
+    unique = f"def fresh() -> str:\n    return {prepared.workspace_path!r}\n"
+    clients.applier.Apply(
+        applier_pb2.ApplyRequest(
+            run_id="idx-1",
+            phase_id="p1",
+            attempt=1,
+            scope=common_pb2.Scope(paths=["src/"]),
+            operations=[
+                common_pb2.FileOperation(
+                    path="src/fresh.py", mode=common_pb2.FILE_MODE_CREATE, new_content=unique
+                )
+            ],
+        ),
+        timeout=20,
+    )
+    reads.clear()
+    again = steps.index_workspace("idx-1", "ws-idx-1")
+    assert again == "memory: workspace indexed, 4 file(s): 1 new or changed, 0 removed, content sent for 1"
+    assert reads == [(["./"], True), (["src/fresh.py"], False)]
+    clients.applier.CleanupWorkspace(applier_pb2.CleanupWorkspaceRequest(run_id="idx-1"), timeout=20)
+    clients.close()
+
+
+def test_index_batches_stay_under_the_byte_limit_and_keep_the_order() -> None:
+    sizes = {"a": 5, "b": 5, "c": 30, "d": 1}
+    assert list(_batches(["a", "b", "c", "d"], sizes, 10)) == [["a", "b"], ["c"], ["d"]]
+    assert list(_batches([], sizes, 10)) == []
 
 
 def test_context_comes_by_reference_from_the_indexed_workspace_with_outlines(

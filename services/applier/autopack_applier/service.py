@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 from autopack.applier.v1 import applier_pb2, applier_pb2_grpc
 from autopack.common.v1 import common_pb2
+from autopack_common.content import text_sha256
 from autopack_common.errors import DomainError, InvalidArgument
 from autopack_common.server import ServiceBinding
 from google.protobuf import any_pb2
@@ -206,10 +207,11 @@ class ApplierServicer(applier_pb2_grpc.ApplierServiceServicer):
             files=[
                 applier_pb2.WorkspaceFile(
                     path=item.path,
-                    content=item.content,
+                    content="" if request.hashes_only else item.content,
                     line_count=item.line_count,
                     size_bytes=item.size_bytes,
                     truncated=item.truncated,
+                    content_sha256=text_sha256(item.content),
                 )
                 for item in result.files
             ],

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 MAX_NOTE_BYTES = 2048
 RECALLED_NOTES = 5
 WORKSPACE_ROOT = "./"
+# Contents read and sent per IndexWorkspace call: well under the 64 MiB message limit.
+INDEX_BATCH_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,21 @@ class PhaseOutcome:
 
 def _utf8(text: str, limit: int = MAX_NOTE_BYTES) -> str:
     return text.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+
+
+def _batches(paths: Sequence[str], sizes: dict[str, int], limit: int) -> Iterable[list[str]]:
+    """``paths`` in order, cut into lists of at most ``limit`` bytes (a larger file goes alone)."""
+    batch: list[str] = []
+    total = 0
+    for path in paths:
+        size = sizes.get(path, 0)
+        if batch and total + size > limit:
+            yield batch
+            batch, total = [], 0
+        batch.append(path)
+        total += size
+    if batch:
+        yield batch
 
 
 def _kind_name(kind: int) -> str:
@@ -161,12 +178,14 @@ class MemorySteps:
             self._settings.rpc_timeout_seconds,
         )
 
-    def _read(self, run_id: str, paths: Iterable[str]) -> applier_pb2.ReadFilesResponse:
+    def _read(
+        self, run_id: str, paths: Iterable[str], hashes_only: bool = False
+    ) -> applier_pb2.ReadFilesResponse:
         return self._call(
             "applier",
             "ReadFiles",
             self._clients.applier.ReadFiles,
-            applier_pb2.ReadFilesRequest(run_id=run_id, paths=list(paths)),
+            applier_pb2.ReadFilesRequest(run_id=run_id, paths=list(paths), hashes_only=hashes_only),
             self._settings.rpc_timeout_seconds,
         )
 
@@ -175,42 +194,43 @@ class MemorySteps:
     def index_workspace(self, run_id: str, workspace: str) -> str:
         """Bring memory's index of the applier's workspace up to date; the event text says how.
 
-        The applier reads the files (secret files withheld, binaries skipped); memory gets their
-        hashes first and the content only of what it does not hold yet. Failing leaves the run on
+        The applier lists the files with their content hashes (secret files withheld, binaries
+        skipped); memory answers which contents it does not hold yet, and only those are read
+        and sent, in batches of about ``INDEX_BATCH_BYTES``. After a change that is the changed
+        files; for a repository indexed by an earlier run, nothing. Failing leaves the run on
         the candidate path (``context_by_reference`` off has the same effect).
         """
         if not self._settings.context_by_reference:
             return ""
         try:
-            files = list(self._read(run_id, [WORKSPACE_ROOT]).files)
-            by_path = {f.path: f.content for f in files}
+            listed = self._read(run_id, [WORKSPACE_ROOT], hashes_only=True).files
             response = self._memory(
                 "IndexWorkspace",
                 memory_pb2.IndexWorkspaceRequest(
                     workspace=workspace,
                     replace=True,
                     files=[
-                        memory_pb2.WorkspaceFile(path=p, content_sha256=text_sha256(c))
-                        for p, c in by_path.items()
+                        memory_pb2.WorkspaceFile(path=f.path, content_sha256=f.content_sha256) for f in listed
                     ],
                 ),
             )
+            sizes = {f.path: f.size_bytes for f in listed}
             sent = 0
-            if response.needs_content:
-                sent = len(response.needs_content)
+            for batch in _batches(list(response.needs_content), sizes, INDEX_BATCH_BYTES):
+                read = self._read(run_id, batch).files
                 self._memory(
                     "IndexWorkspace",
                     memory_pb2.IndexWorkspaceRequest(
                         workspace=workspace,
                         files=[
                             memory_pb2.WorkspaceFile(
-                                path=p, content_sha256=text_sha256(by_path[p]), content=by_path[p]
+                                path=f.path, content_sha256=f.content_sha256, content=f.content
                             )
-                            for p in response.needs_content
-                            if p in by_path
+                            for f in read
                         ],
                     ),
                 )
+                sent += len(read)
         except self._step_failed as failure:
             self._workspaces.pop(run_id, None)
             log.warning("workspace of %s not indexed: %s", run_id, failure)
@@ -218,7 +238,7 @@ class MemorySteps:
         self._workspaces[run_id] = workspace
         self._stale.discard(run_id)
         return (
-            f"memory: workspace indexed, {len(by_path)} file(s): {response.updated + sent} new or changed, "
+            f"memory: workspace indexed, {len(listed)} file(s): {response.updated + sent} new or changed, "
             f"{response.removed} removed, content sent for {sent}"
         )
 
