@@ -36,6 +36,7 @@ from bench.memory_history import text_of
 CACHE = Path.home() / ".cache" / "autopack-bench" / "debian"
 MIRROR = "http://deb.debian.org/debian"
 SECURITY = "http://deb.debian.org/debian-security"
+PYPI = "https://pypi.org/simple"
 # (suite name, Sources index URL, base URL the stanza's Directory is relative to)
 SUITES = (
     ("bookworm", f"{MIRROR}/dists/bookworm/main/source/Sources.xz", MIRROR),
@@ -160,12 +161,56 @@ def _files(stanza: dict[str, str]) -> list[str]:
     return [line.split()[-1] for line in listing.splitlines() if line.strip()]
 
 
+def upstream_version(version: str) -> str:
+    """Debian ``[epoch:]upstream[-revision]`` -> the upstream release (repack suffixes dropped)."""
+    upstream = version.split(":", 1)[-1].rsplit("-", 1)[0]
+    return re.split(r"[+~](?:dfsg|ds|repack)", upstream, maxsplit=1)[0]
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def sdist_link(page: str, project: str, version: str) -> str | None:
+    """The ``project-version.tar.gz`` link of a simple-index page (names compared normalised)."""
+    wanted = _normalized(f"{project}-{version}")
+    for url in re.findall(r'href="([^"#]+)', page):
+        filename = url.rsplit("/", 1)[-1]
+        if filename.endswith(".tar.gz") and _normalized(filename.removesuffix(".tar.gz")) == wanted:
+            return url
+    return None
+
+
+def pypi_sdist_url(project: str, version: str) -> str | None:
+    """The sdist of ``project==version`` from PyPI's simple index, or None."""
+    try:
+        with urllib.request.urlopen(f"{PYPI}/{_normalized(project)}/", timeout=60) as response:
+            page = response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError:
+        return None
+    return sdist_link(page, project, version)
+
+
 def download(stanza: dict[str, str], base: str, debian_only: bool = False) -> Path:
-    """The package's tarballs in the cache folder (the .dsc is not needed: tarfile unpacks them)."""
+    """The package's tarballs in the cache folder (the .dsc is not needed: tarfile unpacks them).
+
+    The mirror reached from the bench machine lacks many orig tarballs; the upstream release's
+    sdist from PyPI stands in for a missing one (same release, though an sdist may leave out
+    tests or docs, so some patches then fail to apply and are counted as such).
+    """
     folder = CACHE / "pool" / stanza["Package"] / stanza["Version"]
     for name in _files(stanza):
         if ".tar." in name and not name.endswith(".asc") and (not debian_only or ".debian.tar." in name):
-            _fetch(f"{base}/{stanza['Directory']}/{name}", folder / name)
+            try:
+                _fetch(f"{base}/{stanza['Directory']}/{name}", folder / name)
+            except urllib.error.HTTPError:
+                if ".orig.tar." not in name:
+                    raise
+                version = upstream_version(stanza["Version"])
+                url = pypi_sdist_url(stanza["Package"].removeprefix("python-"), version)
+                if url is None:
+                    raise
+                _fetch(url, folder / f"{stanza['Package']}_{version}.orig.tar.gz")
     return folder
 
 

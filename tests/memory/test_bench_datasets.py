@@ -13,7 +13,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # bench/ is not an installed package
 
 from bench import memory_bench
-from bench.memory_debian import Counts, is_packaging, parse_patch, tasks_from_tree
+from bench.memory_debian import (
+    Counts,
+    is_packaging,
+    parse_patch,
+    sdist_link,
+    tasks_from_tree,
+    upstream_version,
+)
 
 DATASETS = [memory_bench.DATA, *sorted(memory_bench.DEBIAN.glob("*.json.gz"))]
 
@@ -144,3 +151,16 @@ def test_series_applied_in_order_gives_one_task_per_upstream_patch(tmp_path: Pat
     assert blobs[second["files"]["pkg/client.py"]] == "TIMEOUT = None\n"
     assert "TIMEOUT = 30" in (tree / "pkg" / "client.py").read_text()
     assert subprocess.run(["patch", "--version"], capture_output=True).returncode == 0
+
+
+def test_a_missing_orig_tarball_is_replaced_by_the_same_release_from_pypi() -> None:
+    assert upstream_version("2:25.1.0-2+deb12u3") == "25.1.0"  # epoch and Debian revision dropped
+    assert upstream_version("2.28.1+dfsg-1") == "2.28.1"  # repacked for Debian: same release
+    assert upstream_version("0.20") == "0.20"  # native version
+    page = (
+        '<a href="https://files.example/W/Werkzeug-2.2.20.tar.gz#sha256=1">Werkzeug-2.2.20.tar.gz</a>'
+        '<a href="https://files.example/W/Werkzeug-2.2.2-py3-none-any.whl#sha256=2">wheel</a>'
+        '<a href="https://files.example/W/Werkzeug-2.2.2.tar.gz#sha256=3">Werkzeug-2.2.2.tar.gz</a>'
+    )
+    assert sdist_link(page, "werkzeug", "2.2.2") == "https://files.example/W/Werkzeug-2.2.2.tar.gz"
+    assert sdist_link(page, "werkzeug", "2.2.3") is None
