@@ -39,11 +39,17 @@ def test_a_change_on_the_intention_is_aligned_and_one_off_it_drifts(minilm, vect
     assert blocking.check("", ON_GOAL, intention=INTENTION).verdict is DriftVerdict.ALIGNED
 
 
-def test_without_embeddings_drift_is_measured_on_words(vectors) -> None:  # type: ignore[no-untyped-def]
-    detector = DriftDetector(vectors, None, threshold=0.2)
+def test_without_embeddings_drift_is_measured_on_words_against_its_own_threshold(vectors) -> None:  # type: ignore[no-untyped-def]
+    # The embedding threshold (0.5) does not apply to word overlap: blocking mode without a
+    # model must not stop every aligned phase.
+    detector = DriftDetector(vectors, None, threshold=0.5, mode=DriftMode.BLOCKING)
     check = detector.check("", ON_GOAL, intention=INTENTION)
     assert check.lexical and check.verdict is DriftVerdict.ALIGNED
-    assert detector.check("", OFF_GOAL, intention=INTENTION).verdict is DriftVerdict.ADVISORY
+    assert check.threshold == 0.1 and 0.1 <= check.similarity < 0.5
+    drifted = detector.check("", OFF_GOAL, intention=INTENTION)
+    assert drifted.verdict is DriftVerdict.BLOCKING and drifted.similarity < 0.1
+    stricter = DriftDetector(vectors, None, lexical_threshold=0.9)
+    assert stricter.check("", ON_GOAL, intention=INTENTION).verdict is DriftVerdict.ADVISORY
 
 
 def test_the_anchor_is_at_most_2_kb_cut_on_a_character() -> None:

@@ -19,7 +19,11 @@ def test_defaults_are_the_embedded_stack(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert settings.resolved_qdrant_path() == tmp_path / "qdrant"
     assert settings.resolved_database_url("memory") == f"sqlite:///{(tmp_path / 'memory.db').resolve()}"
     assert settings.max_embeddings_per_call == 64
-    assert (settings.drift_threshold, settings.drift_mode) == (0.5, "advisory")
+    assert (settings.drift_threshold, settings.drift_lexical_threshold, settings.drift_mode) == (
+        0.5,
+        0.1,
+        "advisory",
+    )
 
 
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -30,8 +34,13 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     monkeypatch.setenv("AUTOPACK_MEMORY_MAX_EMBEDDINGS_PER_CALL", "-1")
     monkeypatch.setenv("AUTOPACK_MEMORY_DRIFT_MODE", " Blocking ")
     monkeypatch.setenv("AUTOPACK_MEMORY_DRIFT_THRESHOLD", "0.3")
+    monkeypatch.setenv("AUTOPACK_MEMORY_DRIFT_LEXICAL_THRESHOLD", "0.05")
     settings = MemorySettings()
-    assert (settings.drift_threshold, settings.drift_mode) == (0.3, "blocking")
+    assert (settings.drift_threshold, settings.drift_lexical_threshold, settings.drift_mode) == (
+        0.3,
+        0.05,
+        "blocking",
+    )
     assert settings.embeddings == "none"
     assert settings.resolved_qdrant_path() == tmp_path / "vectors"
     assert settings.qdrant_url == "http://qdrant:6333"

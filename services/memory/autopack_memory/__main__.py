@@ -60,7 +60,9 @@ def build_memory(settings: MemorySettings, engine: Engine, embedder: Embedder | 
         selector,
         workspaces=WorkspaceIndex(engine),
         records=ProjectMemory(RecordStore(engine), vectors, caching),
-        drift=DriftDetector(vectors, caching, settings.drift_threshold, settings.drift_mode),
+        drift=DriftDetector(
+            vectors, caching, settings.drift_threshold, settings.drift_mode, settings.drift_lexical_threshold
+        ),
     )
 
 
