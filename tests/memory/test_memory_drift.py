@@ -45,9 +45,9 @@ def test_without_embeddings_drift_is_measured_on_words_against_its_own_threshold
     detector = DriftDetector(vectors, None, threshold=0.5, mode=DriftMode.BLOCKING)
     check = detector.check("", ON_GOAL, intention=INTENTION)
     assert check.lexical and check.verdict is DriftVerdict.ALIGNED
-    assert check.threshold == 0.1 and 0.1 <= check.similarity < 0.5
+    assert check.threshold == 0.2 and 0.2 <= check.similarity < 0.5
     drifted = detector.check("", OFF_GOAL, intention=INTENTION)
-    assert drifted.verdict is DriftVerdict.BLOCKING and drifted.similarity < 0.1
+    assert drifted.verdict is DriftVerdict.BLOCKING and drifted.similarity < 0.2
     stricter = DriftDetector(vectors, None, lexical_threshold=0.9)
     assert stricter.check("", ON_GOAL, intention=INTENTION).verdict is DriftVerdict.ADVISORY
 

@@ -21,7 +21,7 @@ def test_defaults_are_the_embedded_stack(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert settings.max_embeddings_per_call == 64
     assert (settings.drift_threshold, settings.drift_lexical_threshold, settings.drift_mode) == (
         0.5,
-        0.1,
+        0.2,
         "advisory",
     )
 

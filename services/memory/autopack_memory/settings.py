@@ -23,7 +23,7 @@ class MemorySettings(ServiceSettings):
     over the local path when both are set. ``AUTOPACK_MEMORY_CHUNK_CHARS`` bounds a structural
     piece (function, section) used for ranking. Drift: a change summary whose cosine with the
     run's intention is below ``AUTOPACK_MEMORY_DRIFT_THRESHOLD`` (0.5) has drifted, or, measured
-    on words without embeddings, below ``AUTOPACK_MEMORY_DRIFT_LEXICAL_THRESHOLD`` (0.1);
+    on words without embeddings, below ``AUTOPACK_MEMORY_DRIFT_LEXICAL_THRESHOLD`` (0.2);
     ``AUTOPACK_MEMORY_DRIFT_MODE`` ``advisory`` (default) reports it, ``blocking`` asks the
     caller to stop. Expired project records are pruned at start-up and then every
     ``AUTOPACK_MEMORY_PRUNE_INTERVAL_SECONDS`` (3600; ``0`` = only at start-up).
@@ -39,7 +39,7 @@ class MemorySettings(ServiceSettings):
     chunk_chars: int = Field(default=1200, ge=100, alias="AUTOPACK_MEMORY_CHUNK_CHARS")
     drift_threshold: float = Field(default=0.5, ge=-1.0, le=1.0, alias="AUTOPACK_MEMORY_DRIFT_THRESHOLD")
     drift_lexical_threshold: float = Field(
-        default=0.1, ge=0.0, le=1.0, alias="AUTOPACK_MEMORY_DRIFT_LEXICAL_THRESHOLD"
+        default=0.2, ge=0.0, le=1.0, alias="AUTOPACK_MEMORY_DRIFT_LEXICAL_THRESHOLD"
     )
     drift_mode: DriftMode = Field(default=DriftMode.ADVISORY, alias="AUTOPACK_MEMORY_DRIFT_MODE")
     prune_interval_seconds: float = Field(
