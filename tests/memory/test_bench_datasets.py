@@ -164,3 +164,11 @@ def test_a_missing_orig_tarball_is_replaced_by_the_same_release_from_pypi() -> N
     )
     assert sdist_link(page, "werkzeug", "2.2.2") == "https://files.example/W/Werkzeug-2.2.2.tar.gz"
     assert sdist_link(page, "werkzeug", "2.2.3") is None
+
+
+def test_drift_pairs_come_from_commits_with_a_body_and_pair_each_with_the_next() -> None:
+    pairs = memory_bench.drift_pairs(memory_bench.datasets())
+    assert len(pairs) >= 30
+    for index, (intention, aligned, drifted) in enumerate(pairs):
+        assert "\n" not in intention and aligned.split("\nFiles: ")[1]
+        assert drifted == pairs[(index + 1) % len(pairs)][1] != aligned
