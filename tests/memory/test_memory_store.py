@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from autopack_common.content import text_sha256
 from autopack_common.database import create_db_engine, upgrade_schema
 from autopack_memory.embedding import CachingEmbedder
 from autopack_memory.selection import Candidate, ContextSelector, SelectionMode
-from autopack_memory.store import EmbeddingCache, content_sha256
+from autopack_memory.store import EmbeddingCache
 from sqlalchemy import Engine, inspect
 
 
@@ -34,12 +35,12 @@ def test_migrations_create_the_cache_table_and_rerun_harmlessly(engine: Engine) 
 def test_vectors_round_trip_per_model(engine: Engine) -> None:
     cache = EmbeddingCache(engine)
     vector = np.array([0.25, -0.5, 1.0], dtype=np.float32)
-    key = content_sha256("hello")
+    key = text_sha256("hello")
 
     cache.put_many("model-a", {key: vector})
     cache.put_many("model-a", {key: np.zeros(3, dtype=np.float32)})  # a second writer loses quietly
 
-    assert np.array_equal(cache.get_many("model-a", [key, content_sha256("other")])[key], vector)
+    assert np.array_equal(cache.get_many("model-a", [key, text_sha256("other")])[key], vector)
     assert cache.get_many("model-b", [key]) == {}
     assert cache.count("model-a") == 1
 

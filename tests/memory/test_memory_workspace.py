@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from autopack_common.content import text_sha256
 from autopack_common.database import create_db_engine, upgrade_schema
 from autopack_common.errors import InvalidArgument, NotFound
 from autopack_memory.memory import Memory
 from autopack_memory.selection import Candidate, ContextSelector
-from autopack_memory.store import WorkspaceIndex, content_sha256
+from autopack_memory.store import WorkspaceIndex
 from autopack_memory.vectors import VectorStore
 from sqlalchemy import Engine
 
@@ -51,19 +52,19 @@ def test_indexing_is_incremental_by_content_hash(memory: Memory) -> None:
 
     # The next call sends hashes only for unchanged files and content for the changed one.
     edited = FILES["app/logo.py"] + "# edited\n"
-    entries = [(p, content_sha256(t), "") for p, t in FILES.items() if p != "app/logo.py"]
+    entries = [(p, text_sha256(t), "") for p, t in FILES.items() if p != "app/logo.py"]
     second = memory.index_workspace("ws-1", [*entries, ("app/logo.py", "", edited)])
     assert (second.updated, second.unchanged) == (1, 2)
 
     # Another workspace of the same repository needs no content it already has...
-    other = memory.index_workspace("ws-2", [(p, content_sha256(t), "") for p, t in FILES.items()])
+    other = memory.index_workspace("ws-2", [(p, text_sha256(t), "") for p, t in FILES.items()])
     assert (other.updated, other.needs_content) == (3, [])
     # ...but content never seen must be sent.
-    unknown = memory.index_workspace("ws-2", [("new.py", content_sha256("print(1)\n"), "")])
+    unknown = memory.index_workspace("ws-2", [("new.py", text_sha256("print(1)\n"), "")])
     assert unknown.needs_content == ["new.py"] and unknown.files == 3
 
     replaced = memory.index_workspace(
-        "ws-2", [("README.md", content_sha256(FILES["README.md"]), "")], replace=True
+        "ws-2", [("README.md", text_sha256(FILES["README.md"]), "")], replace=True
     )
     assert (replaced.files, replaced.removed, replaced.unchanged) == (1, 2, 1)
 
@@ -90,7 +91,7 @@ def test_bad_index_and_reference_requests_name_the_field_and_change_nothing(memo
             "files[1].content_sha256",
         ),
         (
-            lambda: memory.index_workspace("ws", [("a.py", content_sha256("other"), "x")]),
+            lambda: memory.index_workspace("ws", [("a.py", text_sha256("other"), "x")]),
             "files[0].content_sha256",
         ),
         (lambda: memory.select_context("q", [Candidate("a.py", "x")], 10, workspace="ws"), "candidates"),
@@ -101,7 +102,7 @@ def test_bad_index_and_reference_requests_name_the_field_and_change_nothing(memo
         with pytest.raises(InvalidArgument) as raised:
             call()
         assert raised.value.field == field
-    unchanged = memory.index_workspace("ws", [(p, content_sha256(t), "") for p, t in FILES.items()])
+    unchanged = memory.index_workspace("ws", [(p, text_sha256(t), "") for p, t in FILES.items()])
     assert (unchanged.files, unchanged.unchanged, unchanged.updated) == (3, 3, 0)
     with pytest.raises(NotFound):
         memory.select_context("q", [], 10, workspace="never-indexed")

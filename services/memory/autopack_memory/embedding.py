@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from autopack_common.content import text_sha256
 
-from autopack_memory.store import EmbeddingCache, content_sha256
+from autopack_memory.store import EmbeddingCache
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class CachingEmbedder:
         return self.embedder.dimension
 
     def plan(self, texts: Sequence[str]) -> EmbeddingPlan:
-        keys = [content_sha256(text) for text in texts]
+        keys = [text_sha256(text) for text in texts]  # the cache key of a text is its content hash
         cached = self._cache.get_many(self.model_name, keys) if self._cache else {}
         cached = {key: vector for key, vector in cached.items() if vector.shape[0] == self.dimension}
         missing: dict[str, str] = {}

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from autopack_common.content import EMPTY_TEXT_SHA256
+from autopack_common.content import EMPTY_TEXT_SHA256, text_sha256
 from autopack_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 from autopack_memory.drift import DriftDetector
@@ -19,7 +19,7 @@ from autopack_memory.embedding import CachingEmbedder, EmbeddingUnavailable
 from autopack_memory.ranking import Hints, lexical_scores
 from autopack_memory.records import ProjectMemory
 from autopack_memory.selection import DEFAULT_MAX_SUMMARIES, Candidate, ContextSelector, Selection
-from autopack_memory.store import IndexChange, WorkspaceIndex, content_sha256
+from autopack_memory.store import IndexChange, WorkspaceIndex
 from autopack_memory.vectors import (
     COLLECTION_NAME,
     METADATA_KEY,
@@ -296,7 +296,7 @@ class Memory:
             seen[path] = index
             sha = sha.lower()
             if content:
-                actual = content_sha256(content)
+                actual = text_sha256(content)
                 if sha and sha != actual:
                     raise InvalidArgument(f"files[{index}].content_sha256", "does not match the content")
                 entries.append((path, actual, content))

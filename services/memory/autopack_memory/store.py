@@ -13,7 +13,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from autopack_common.content import text_sha256
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -86,10 +85,6 @@ memory_records = Table(
 
 # Keeps IN lists well below SQLite's and PostgreSQL's parameter limits.
 _LOOKUP_BATCH = 500
-
-
-# The cache key of a text is its wire content hash.
-content_sha256 = text_sha256
 
 
 class EmbeddingCache:
